@@ -1,0 +1,95 @@
+"""Caption one film's kept shots and scenes, in priority: sidecar -> VLM -> CoCa -> none.
+
+Shot captions come from the first source that has one; a scene's global caption comes
+from the sidecar, else the VLM, else it is composed from its shot captions. A VLM that
+fails on a scene (after its retries) is recorded and that scene falls back to CoCa.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dataprep.caption import (
+    CaptionError,
+    CocaCaptioner,
+    VLMCaptioner,
+    compose_global,
+    sidecar_caption,
+    sidecar_global,
+)
+from dataprep.film import FilmResult
+from dataprep.samples import Captions
+
+log = logging.getLogger(__name__)
+
+
+def sidecar_only(result: FilmResult, scenes: list[list[int]]) -> tuple[list, list, list]:
+    """(shot captions, sources, scene globals) from the sidecar; None where it has nothing."""
+    kept = result.kept
+    shots: list[str | None] = [None] * len(kept)
+    sources = ["none"] * len(kept)
+    globals_: list[str | None] = [None] * len(scenes)
+    if result.sidecar is None:
+        return shots, sources, globals_
+    fps = result.fps
+    for k, span in enumerate(kept):
+        text = sidecar_caption(result.sidecar, span.start_frame / fps, span.end_frame / fps)
+        if text:
+            shots[k], sources[k] = text, "sidecar"
+    for j, scene in enumerate(scenes):
+        globals_[j] = sidecar_global(result.sidecar, kept[scene[0]].start_frame / fps, kept[scene[-1]].end_frame / fps)
+    return shots, sources, globals_
+
+
+def needs_model(result: FilmResult, scenes: list[list[int]]) -> bool:
+    """True when the sidecar leaves a shot caption or a scene caption missing."""
+    shots, _, globals_ = sidecar_only(result, scenes)
+    return any(s is None for s in shots) or any(g is None for g in globals_)
+
+
+def finish(shots: list, sources: list, globals_: list, scenes: list[list[int]]) -> Captions:
+    """Fill the gaps: empty shot captions (source `none`), composed scene captions."""
+    shots = [s if s is not None else "" for s in shots]
+    globals_ = [g if g is not None else compose_global([shots[k] for k in scene]) for g, scene in zip(globals_, scenes)]
+    return Captions(shots, sources, globals_)
+
+
+class FilmCaptioner:
+    """Holds the VLM client and (lazily) the CoCa model; one instance per captioning actor."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.vlm = VLMCaptioner(cfg.vlm) if cfg.vlm is not None else None
+        self._coca: CocaCaptioner | None = None
+        self.vlm_failures = 0
+
+    @property
+    def coca(self) -> CocaCaptioner | None:
+        if self._coca is None and self.cfg.coca:
+            self._coca = CocaCaptioner(self.cfg)
+        return self._coca
+
+    def __call__(self, result: FilmResult, scenes: list[list[int]]) -> tuple[Captions, int]:
+        """Captions of the film and how many of its scenes the VLM failed on."""
+        shots, sources, globals_ = sidecar_only(result, scenes)
+        failures = 0
+        if self.vlm is not None:
+            for j, scene in enumerate(scenes):
+                if all(shots[k] is not None for k in scene) and globals_[j] is not None:
+                    continue
+                try:
+                    answer = self.vlm([result.clips[k].keyframes for k in scene])
+                except CaptionError as e:
+                    failures += 1
+                    log.warning("VLM failed on scene %d of %s: %s", j, result.uri, e)
+                    continue
+                for k, text in zip(scene, answer.shot_captions):
+                    if shots[k] is None:
+                        shots[k], sources[k] = text, "vlm"
+                globals_[j] = globals_[j] or answer.global_caption
+        missing = [k for k, s in enumerate(shots) if s is None]
+        if missing and self.coca is not None:
+            middle = [result.clips[k].keyframes[len(result.clips[k].keyframes) // 2] for k in missing]
+            for k, text in zip(missing, self.coca(middle)):
+                shots[k], sources[k] = text, "coca"
+        return finish(shots, sources, globals_, scenes), failures

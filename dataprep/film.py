@@ -1,0 +1,81 @@
+"""Everything done to one film on one CPU: probe -> shots -> filters -> clips + keyframes.
+
+`process_film` is a pure function of (uri, config); `dataprep/run.py` runs it as a Ray
+task. Bad input never raises out of it: a `FilmError` becomes a failed `FilmResult`
+carrying the reason, so one bad film cannot stop the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dataprep.caption import load_sidecar
+from dataprep.config import CurateConfig
+from dataprep.errors import FilmError
+from dataprep.filters import Span, filter_shots
+from dataprep.keyframes import ShotClip, extract_clips
+from dataprep.probe import ProbeInfo, film_id, probe
+from dataprep.shots import detect_shots
+from dataprep.sources import local_copy
+
+
+@dataclass
+class FilmResult:
+    uri: str
+    film_id: str | None = None
+    error: str | None = None
+    info: ProbeInfo | None = None
+    fps: float = 0.0
+    n_frames: int = 0  # frames decoded by the shot stage
+    n_detected: int = 0
+    spans: list[Span] = field(default_factory=list)  # every candidate shot, kept or dropped
+    clips: list[ShotClip] = field(default_factory=list)  # one per kept span, in order
+    sidecar: object | None = None  # dataprep.caption.Sidecar
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def kept(self) -> list[Span]:
+        return [s for s in self.spans if s.kept]
+
+
+def sidecar_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".captions.json")
+
+
+def process_film(uri: str, cfg: CurateConfig, cache_dir: Path) -> FilmResult:
+    """Curate one film up to (not including) embedding, captioning and scene grouping."""
+    started = time.perf_counter()
+    result = FilmResult(uri=uri)
+    try:
+        path = local_copy(uri, cache_dir)
+        result.film_id = film_id(path, cfg.probe)
+        result.info = probe(path, cfg.probe)
+        detection = detect_shots(path, cfg.shots, result.info)
+        result.fps, result.n_frames = detection.fps, detection.n_frames
+        result.n_detected = len(detection.shots)
+        spans = filter_shots(detection.shots, detection.luma, detection.motion, detection.fps, cfg.filters)
+        kept = [(s.start_frame, s.end_frame) for s in spans if s.kept]
+        clips = extract_clips(str(path), kept, detection.fps, cfg.clips)
+        by_span = dict(zip(kept, clips))
+        result.spans = [
+            dataclasses.replace(s, drop_reason="decode_error")
+            if s.kept and by_span[(s.start_frame, s.end_frame)] is None
+            else s
+            for s in spans
+        ]
+        result.clips = [c for c in clips if c is not None]
+        if cfg.caption.use_sidecar:
+            result.sidecar = load_sidecar(sidecar_path(path))
+    except FilmError as e:
+        result.error = e.reason
+    except OSError as e:  # unreadable path, permission denied, unreachable remote URL ...
+        result.error = f"{type(e).__name__}: {e}"
+    result.seconds = time.perf_counter() - started
+    return result

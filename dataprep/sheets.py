@@ -1,0 +1,84 @@
+"""`lct inspect DIR`: what a curated dataset holds, and a contact sheet per scene.
+
+A contact sheet is one PNG per scene: the scene's global caption on top, then one row per
+shot with `keyframes` frames of its mp4 and its caption. Read with webdataset, the same
+way training reads the shards.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import textwrap
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+import webdataset as wds
+from PIL import Image, ImageDraw, ImageFont
+
+THUMB = 128
+CAPTION_W = 360
+
+
+def load_summary(out_dir: Path) -> dict:
+    path = Path(out_dir) / "dataset.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{out_dir} is not a curated dataset: {path} is missing (run `lct curate` first)")
+    return json.loads(path.read_text())
+
+
+def failures(out_dir: Path) -> list[dict]:
+    films = pq.read_table(Path(out_dir) / "manifest" / "films.parquet")
+    return [r for r in films.to_pylist() if r["status"] != "ok"]
+
+
+def mp4_frames(mp4: bytes, k: int) -> list[np.ndarray]:
+    """k evenly spaced RGB frames of an in-memory mp4."""
+    with av.open(io.BytesIO(mp4)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    picks = np.linspace(0, len(frames) - 1, k).round().astype(int) if frames else []
+    return [frames[i] for i in picks]
+
+
+def contact_sheet(sample: dict, k: int = 3) -> Image.Image:
+    """One row per shot: k thumbnails + the caption; the global caption on top."""
+    meta = json.loads(sample["json"])
+    font = ImageFont.load_default()
+    shots = meta["shots"]
+    header = textwrap.wrap(f"{sample['__key__']}  |  {meta['global_caption']}", 110)[:4]
+    top = 14 * len(header) + 8
+    sheet = Image.new("RGB", (k * THUMB + CAPTION_W, top + len(shots) * (THUMB + 4)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, line in enumerate(header):
+        draw.text((4, 4 + 14 * i), line, fill="black", font=font)
+    for row, shot in enumerate(shots):
+        y = top + row * (THUMB + 4)
+        for j, frame in enumerate(mp4_frames(sample[f"{row:03d}.mp4"], k)):
+            sheet.paste(Image.fromarray(frame).resize((THUMB, THUMB)), (j * THUMB, y))
+        label = f"shot {row}  [{shot['start_s']:.2f}-{shot['end_s']:.2f}s]  ({shot['caption_source']})"
+        lines = [label] + textwrap.wrap(shot["caption"] or "", 55)[:7]
+        for n, line in enumerate(lines):
+            draw.text((k * THUMB + 6, y + 4 + 14 * n), line, fill="black", font=font)
+    return sheet
+
+
+def write_sheets(out_dir: Path, max_sheets: int | None = None, progress=None) -> list[Path]:
+    """Contact sheets into DIR/inspect/<scene_id>.png; returns their paths."""
+    out_dir = Path(out_dir)
+    shards = sorted(str(p) for p in (out_dir / "shards").glob("scenes-*.tar"))
+    target = out_dir / "inspect"
+    target.mkdir(exist_ok=True)
+    written = []
+    if not shards:
+        return written
+    for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False):
+        if max_sheets is not None and len(written) >= max_sheets:
+            break
+        path = target / f"{sample['__key__']}.png"
+        contact_sheet(sample).save(path)
+        written.append(path)
+        if progress:
+            progress(len(written))
+    return written

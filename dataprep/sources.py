@@ -1,0 +1,99 @@
+"""Turn `lct curate INPUT...` into a sorted, de-duplicated list of film URIs.
+
+INPUT may be a video file, a folder (searched recursively for known extensions), a glob
+(`films/**/*.mp4`), or an fsspec URL (`s3://bucket/prefix/`, `gs://...`, `file://...`).
+Local paths become absolute POSIX paths; remote ones keep their URL. The order is sorted
+so that a run is deterministic whatever order the shell expanded the arguments in.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+
+import fsspec
+
+GLOB_CHARS = set("*?[")
+
+
+def _is_url(text: str) -> bool:
+    return "://" in text and not text.startswith("file://")
+
+
+def _walk_local(root: Path, extensions: tuple[str, ...]) -> list[str]:
+    found = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if name.lower().endswith(extensions):
+                found.append(str(Path(dirpath, name).resolve()))
+    return found
+
+
+def _walk_remote(url: str, extensions: tuple[str, ...]) -> list[str]:
+    fs, _, paths = fsspec.get_fs_token_paths(url)
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    found = []
+    for path in paths:
+        if fs.isdir(path):
+            candidates = fs.find(path)
+        else:
+            candidates = [path]
+        for p in candidates:
+            if p.lower().endswith(extensions):
+                found.append(f"{protocol}://{p}" if not p.startswith(f"{protocol}://") else p)
+    return found
+
+
+def list_films(inputs: list[str], extensions: tuple[str, ...]) -> list[str]:
+    """Expand inputs to film URIs. Raises FileNotFoundError naming every input that matched nothing.
+
+    A path given explicitly as a file is kept whatever its extension (the probe stage
+    decides whether it is a video); folders and globs only pick up `extensions`.
+    """
+    extensions = tuple(e.lower() for e in extensions)
+    films: set[str] = set()
+    missing: list[str] = []
+    for item in inputs:
+        item = item[len("file://"):] if item.startswith("file://") else item
+        if _is_url(item):
+            found = _walk_remote(item, extensions)
+        elif GLOB_CHARS & set(item):
+            found = []
+            for match in glob.glob(item, recursive=True):
+                p = Path(match)
+                if p.is_dir():
+                    found += _walk_local(p, extensions)
+                elif match.lower().endswith(extensions):
+                    found.append(str(p.resolve()))
+        elif Path(item).is_dir():
+            found = _walk_local(Path(item), extensions)
+        elif Path(item).exists() or Path(item).is_symlink():
+            found = [str(Path(item).resolve())]
+        else:
+            found = []
+        if not found:
+            missing.append(item)
+        films.update(found)
+    if missing:
+        raise FileNotFoundError(
+            "these inputs matched no film: " + ", ".join(repr(m) for m in missing)
+            + f" (folders and globs pick up {', '.join(extensions)})"
+        )
+    return sorted(films)
+
+
+def local_copy(uri: str, cache_dir: Path) -> Path:
+    """A local path for `uri`: itself when local, else a download into `cache_dir` (same name each time)."""
+    if not _is_url(uri):
+        return Path(uri)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in uri)[-150:]
+    target = cache_dir / safe
+    if not target.exists():
+        tmp = target.with_suffix(target.suffix + ".part")
+        with fsspec.open(uri, "rb") as src, open(tmp, "wb") as dst:
+            while chunk := src.read(8 << 20):
+                dst.write(chunk)
+        tmp.rename(target)
+    return target
