@@ -57,9 +57,9 @@ def finish(shots: list, sources: list, globals_: list, scenes: list[list[int]]) 
 class FilmCaptioner:
     """Holds the VLM client and (lazily) the CoCa model; one instance per captioning actor."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, api_key: str | None = None):
         self.cfg = cfg
-        self.vlm = VLMCaptioner(cfg.vlm) if cfg.vlm is not None else None
+        self.vlm = VLMCaptioner(cfg.vlm, api_key) if cfg.vlm is not None else None
         self._coca: CocaCaptioner | None = None
         self.vlm_failures = 0
 

@@ -119,7 +119,7 @@ class CaptionConfig(_Strict):
     coca_seq_len: int = Field(12, ge=2, description="Max generated tokens per CoCa caption.")
     batch_size: int = Field(8, ge=1, description="Keyframes per CoCa batch.")
     coca_top_k: int = Field(
-        1, ge=1, description="CoCa top-k sampling; 1 = greedy, the same caption whatever the batching (k > 1 is seeded per batch)."
+        1, ge=1, description="CoCa top-k sampling (1 = greedy); sampling is seeded per batch, so captions are reproducible."
     )
     device: str = Field("cpu", description="torch device of the CoCa captioning actors.")
 
@@ -158,10 +158,14 @@ class RayConfig(_Strict):
         None, ge=1, description="Film tasks in flight at most (None = 2 x cluster CPUs). Bounds driver memory."
     )
     embed_actors: int = Field(1, ge=1, description="open_clip embedding actors.")
-    embed_cpus: float = Field(1.0, ge=0, description="CPUs per embedding actor.")
+    embed_cpus: float = Field(
+        0.0, ge=0, description="CPUs reserved per embedding actor (0 = share cores with film tasks; set on clusters)."
+    )
     embed_gpus: float = Field(0.0, ge=0, description="GPUs per embedding actor.")
     caption_actors: int = Field(1, ge=1, description="CoCa / VLM captioning actors.")
-    caption_cpus: float = Field(1.0, ge=0, description="CPUs per captioning actor.")
+    caption_cpus: float = Field(
+        0.0, ge=0, description="CPUs reserved per captioning actor (0 = share cores with film tasks)."
+    )
     caption_gpus: float = Field(0.0, ge=0, description="GPUs per captioning actor.")
     task_retries: int = Field(2, ge=0, description="Retries of a film task whose worker died.")
 

@@ -91,8 +91,8 @@ class EmbedWorker:
 class CaptionWorker:
     """Ray actor around FilmCaptioner (VLM client and/or CoCa, loaded once)."""
 
-    def __init__(self, cfg):
-        self.captioner = FilmCaptioner(cfg)
+    def __init__(self, cfg, api_key: str | None):
+        self.captioner = FilmCaptioner(cfg, api_key)
 
     def caption(self, result: FilmResult, scenes: list[list[int]]):
         return self.captioner(result, scenes)
@@ -160,6 +160,11 @@ class _Film:
     outcome: Outcome | None = None
 
 
+def _previous_embed_info(out_dir: Path) -> dict:
+    path = out_dir / "dataset.json"
+    return json.loads(path.read_text()).get("embed", {}) if path.exists() else {}
+
+
 def _done_uris(out_dir: Path) -> dict[str, str]:
     """uri -> film_id of films already `ok` in the dataset (the latest part wins)."""
     status: dict[str, tuple[str, str]] = {}
@@ -186,9 +191,14 @@ def curate(
     skipped_done = len(uris) - len(todo)
 
     connect(cfg.ray)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cfg.ray.film_cpus > cpus:
+        raise ValueError(f"ray.film_cpus={cfg.ray.film_cpus} but the Ray cluster has only {cpus} CPUs")
     film_task, embed_actor, caption_actor = _stages(cfg)
-    embedders = [embed_actor.remote(cfg.embed) for _ in range(cfg.ray.embed_actors)]
-    embed_info = ray.get(embedders[0].describe.remote())
+    embedders, embed_info = [], _previous_embed_info(out_dir)
+    if todo:  # a run with nothing to do loads no model
+        embedders = [embed_actor.remote(cfg.embed) for _ in range(cfg.ray.embed_actors)]
+        embed_info = ray.get(embedders[0].describe.remote())
     method = cfg.scenes.similarity
     if method == "auto":
         method = "clip" if embed_info.get("pretrained_loaded") else "histogram"
@@ -196,7 +206,7 @@ def curate(
     cache_dir = out_dir / ".cache" / "remote"
     writer = SceneShardWriter(out_dir, cfg.shards)
     stats = _Metrics()
-    window = cfg.ray.max_in_flight or 2 * int(ray.cluster_resources().get("CPU", 1))
+    window = cfg.ray.max_in_flight or 2 * max(1, int(cpus))
     versions_ = versions()
 
     counts = Counter(skipped=skipped_done)
@@ -250,7 +260,8 @@ def curate(
             film.scenes = group_scenes(starts, ends, features, method, cfg.scenes)
             if needs_model(result, film.scenes) and (cfg.caption.vlm is not None or cfg.caption.coca):
                 if not captioners:
-                    captioners.extend(caption_actor.remote(cfg.caption) for _ in range(cfg.ray.caption_actors))
+                    key = os.environ.get(vlm.api_key_env) if (vlm := cfg.caption.vlm) and vlm.api_key_env else None
+                    captioners.extend(caption_actor.remote(cfg.caption, key) for _ in range(cfg.ray.caption_actors))
                 film.stage = "caption"
                 film.ref = captioners[zlib.crc32(film.uri.encode()) % len(captioners)].caption.remote(result, film.scenes)
                 return

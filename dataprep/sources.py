@@ -26,7 +26,7 @@ def _walk_local(root: Path, extensions: tuple[str, ...]) -> list[str]:
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             if name.lower().endswith(extensions):
-                found.append(str(Path(dirpath, name).resolve()))
+                found.append(os.path.abspath(Path(dirpath, name)))
     return found
 
 
@@ -65,11 +65,11 @@ def list_films(inputs: list[str], extensions: tuple[str, ...]) -> list[str]:
                 if p.is_dir():
                     found += _walk_local(p, extensions)
                 elif match.lower().endswith(extensions):
-                    found.append(str(p.resolve()))
+                    found.append(os.path.abspath(p))
         elif Path(item).is_dir():
             found = _walk_local(Path(item), extensions)
         elif Path(item).exists() or Path(item).is_symlink():
-            found = [str(Path(item).resolve())]
+            found = [os.path.abspath(item)]
         else:
             found = []
         if not found:

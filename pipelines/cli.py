@@ -113,7 +113,7 @@ def curate(
                     bar.console.print(f"[yellow]failed[/yellow] {outcome.uri}: {outcome.reason}")
 
             summary = run_curate(inputs, out, cfg, on_film=on_film)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # inputs that match nothing, resources the cluster lacks
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     except CurateFailed as e:

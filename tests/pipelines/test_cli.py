@@ -1,0 +1,43 @@
+"""The `lct` entry point as a user runs it: a subprocess of the installed console script."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LCT = str(Path(sys.executable).parent / "lct")
+
+
+def run(*args, **kw):
+    return subprocess.run([LCT, *args], capture_output=True, text=True, timeout=300, **kw)
+
+
+@pytest.mark.parametrize("command", [[], ["synth"], ["curate"], ["inspect"], ["demo"]])
+def test_every_command_has_help(command):
+    result = run(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage" in result.stdout
+
+
+def test_bad_config_is_rejected_before_any_work(tmp_path):
+    bad = tmp_path / "curate.yaml"
+    bad.write_text("shots:\n  treshold: 30\nclips: {width: 255}\n")
+    out = tmp_path / "out"
+    result = run("curate", str(tmp_path), "--out", str(out), "--config", str(bad))
+    assert result.returncode == 2
+    assert "treshold" in result.stderr and "even" in result.stderr
+    assert not out.exists()
+
+
+def test_missing_config_file_and_missing_inputs_exit_2(tmp_path):
+    result = run("curate", str(tmp_path), "--out", str(tmp_path / "o"), "--config", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 2 and "not found" in result.stderr
+    result = run("curate", str(tmp_path / "no-such-dir"), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and "matched no film" in result.stderr
+
+
+def test_inspect_of_a_non_dataset_exits_2(tmp_path):
+    result = run("inspect", str(tmp_path))
+    assert result.returncode == 2 and "dataset.json" in result.stderr
