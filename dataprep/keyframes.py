@@ -61,7 +61,8 @@ class _Mp4Writer:
         self.stream = self.container.add_stream("libx264", rate=rate)
         self.stream.width, self.stream.height = cfg.width, cfg.height
         self.stream.pix_fmt = "yuv420p"
-        self.stream.options = {"crf": str(cfg.crf), "preset": "veryfast", "threads": "1"}
+        # mbtree rate control made x264 output differ between identical runs (measured): off
+        self.stream.options = {"crf": str(cfg.crf), "preset": "veryfast", "threads": "1", "x264-params": "mbtree=0"}
         self.stream.codec_context.thread_count = 1
         self.n = 0
 

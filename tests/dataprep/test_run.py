@@ -1,0 +1,253 @@
+"""`curate` end to end on a real local Ray: synthetic films + every kind of bad input."""
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import ray
+import webdataset as wds
+
+from dataprep.config import CurateConfig
+from dataprep.run import CurateFailed, curate
+from dataprep.scenes import adjusted_rand_index
+from dataprep.synthetic import SynthConfig, load_truth, make_films
+
+FAST = {
+    "clips": {"width": 64, "height": 64, "fps": 6.0, "keyframes": 2},
+    "embed": {"model": "ViT-S-32-alt", "batch_size": 64},
+    "caption": {"coca": False},
+    "shards": {"max_samples": 4},
+    "ray": {"max_in_flight": 4},
+}
+
+
+def fast_config(**overrides) -> CurateConfig:
+    data = json.loads(json.dumps(FAST))
+    for key, value in overrides.items():
+        data[key] = value if not isinstance(value, dict) else {**data.get(key, {}), **value}
+    return CurateConfig.model_validate(data)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synth_films(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("films")
+    make_films(SynthConfig(n_films=3, seed=7), out)
+    return out
+
+
+def _png_bytes() -> bytes:
+    raw = b"".join(b"\x00" + bytes([200, 10, 10]) * 16 for _ in range(16))
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def _audio_only(path: Path) -> None:
+    with av.open(str(path), "w", format="mp4") as c:
+        s = c.add_stream("aac", rate=16000)
+        samples = np.zeros((1, 1024), np.float32)
+        for i in range(20):
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            c.mux(s.encode(frame))
+        c.mux(s.encode(None))
+
+
+@pytest.fixture(scope="session")
+def bad_films(tmp_path_factory, synth_films) -> tuple[Path, dict[str, str]]:
+    """(folder, name -> expected reason substring)."""
+    d = tmp_path_factory.mktemp("bad")
+    good = sorted(synth_films.glob("*.mp4"))[0].read_bytes()
+    (d / "random.mp4").write_bytes(np.random.default_rng(0).bytes(50_000))
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "image.mp4").write_bytes(_png_bytes())
+    (d / "truncated.mp4").write_bytes(good[: len(good) // 3])
+    _audio_only(d / "audio.mp4")
+    os.symlink(d / "does-not-exist.mp4", d / "dangling.mp4")
+    return d, {
+        "random.mp4": "not a video",
+        "empty.mp4": "empty",
+        "image.mp4": "still image",
+        "truncated.mp4": "",
+        "audio.mp4": "no video stream",
+        "dangling.mp4": "",
+    }
+
+
+def _shot_rows(out: Path) -> list[dict]:
+    return pq.read_table(out / "manifest" / "shots.parquet").to_pylist()
+
+
+def _scene_samples(out: Path) -> dict[str, dict]:
+    shards = sorted(str(p) for p in (out / "shards").glob("*.tar"))
+    return {s["__key__"]: s for s in wds.WebDataset(shards, shardshuffle=False)}
+
+
+def test_curate_synthetic_films(ray_local, synth_films, tmp_path):
+    out = tmp_path / "ds"
+    summary = curate([str(synth_films)], out, fast_config())
+    assert summary.counts == {"ok": 3, "failed": 0, "skipped": 0}
+    doc = json.loads((out / "dataset.json").read_text())
+    assert doc["embed"]["random_init"] is True and doc["scene_similarity"] == "histogram"
+    assert doc["caption_sources"] == {"sidecar": doc["counts"]["shots"]}
+    assert doc["config"]["clips"]["width"] == 64
+
+    rows = [r for r in _shot_rows(out) if r["kept"]]
+    samples = _scene_samples(out)
+    # every manifest row <-> a sample member, every sample <-> manifest rows, checksums match
+    assert {r["scene_id"] for r in rows} == set(samples)
+    for r in rows:
+        assert f"{r['shot_index']:03d}.mp4" in samples[r["scene_id"]]
+    for shard in doc["shards"]:
+        assert hashlib.sha256((out / "shards" / shard["name"]).read_bytes()).hexdigest() == shard["sha256"]
+    assert sum(s["samples"] for s in doc["shards"]) == len(samples) == doc["counts"]["scenes"]
+    for key, s in samples.items():
+        meta = json.loads(s["json"])
+        clip = np.load(io.BytesIO(s["clip.npy"]), allow_pickle=False)
+        assert clip.shape == (len(meta["shots"]), doc["embed"]["dim"]) and clip.dtype == np.float16
+        assert np.allclose(np.linalg.norm(clip.astype(np.float32), axis=1), 1.0, atol=1e-2)
+        assert meta["global_caption"].startswith("[Character]")
+        assert key == f"{meta['film_id']}-{meta['scene_index']:05d}"
+
+    # scene grouping agrees with the synthetic ground truth
+    truths = {}
+    films = pq.read_table(out / "manifest" / "films.parquet").to_pylist()
+    for f in films:
+        truths[f["film_id"]] = load_truth(Path(f["uri"]))
+    scores = []
+    for film_id, truth in truths.items():
+        mine = [r for r in rows if r["film_id"] == film_id]
+        true_labels = []
+        for r in mine:
+            mid = (r["start_frame"] + r["end_frame"]) // 2
+            true_labels.append(next(i for i, sc in enumerate(truth["scenes"]) if sc["start_frame"] <= mid < sc["end_frame"]))
+        scores.append(adjusted_rand_index(true_labels, [r["scene_id"] for r in mine]))
+    assert np.mean(scores) >= 0.9, scores
+
+    # contact sheets: one PNG per scene, a row per shot
+    from PIL import Image
+
+    from dataprep.sheets import write_sheets
+
+    sheets = write_sheets(out)
+    assert sorted(p.stem for p in sheets) == sorted(samples)
+    for path in sheets:
+        n_shots = len(json.loads(samples[path.stem]["json"])["shots"])
+        width, height = Image.open(path).size
+        assert width == 3 * 128 + 360 and height >= n_shots * 132
+
+    # a second run resumes: nothing redone, nothing rewritten
+    before = {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")}
+    again = curate([str(synth_films)], out, fast_config())
+    assert again.counts == {"ok": 0, "failed": 0, "skipped": 3}
+    assert {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")} == before
+
+
+def test_bad_films_are_failed_rows_and_the_rest_finishes(ray_local, synth_films, bad_films, tmp_path):
+    films = tmp_path / "in"
+    films.mkdir()
+    for p in sorted(synth_films.glob("synth-00[01].*")):
+        shutil.copy(p, films / p.name.replace("synth-000", "my film é 🎬").replace("synth-001", "..\\..\\escape .."))
+    bad_dir, expected = bad_films
+    inputs = [str(films)] + [str(bad_dir / n) for n in expected]
+    out = tmp_path / "out"
+    with pytest.raises(CurateFailed, match="more than max_failure_rate"):
+        curate(inputs, out, fast_config())
+    rows = {Path(r["uri"]).name: r for r in pq.read_table(out / "manifest" / "films.parquet").to_pylist()}
+    for name, reason in expected.items():
+        assert rows[name]["status"] == "failed", rows[name]
+        assert reason in rows[name]["error"]
+    assert rows["my film é 🎬.mp4"]["status"] == "ok" and rows["my film é 🎬.mp4"]["n_scenes"] > 0
+    assert rows["..\\..\\escape ...mp4"]["status"] == "ok"
+    ok_before = {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")}
+    assert ok_before
+    # nothing is written outside the output directory
+    assert {p.name for p in out.iterdir()} <= {".cache", "dataset.json", "manifest", "shards"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
+    # with a tolerant policy the same dataset passes, and the good films are not redone
+    summary = curate(inputs, out, fast_config(max_failure_rate=1.0))
+    assert summary.counts["ok"] == 0 and summary.counts["failed"] == len(expected)
+    assert {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")} == ok_before
+
+
+
+class SceneVLM:
+    """A fake OpenAI-compatible VLM on 127.0.0.1: one caption per shot image, or garbage when `broken`."""
+
+    def __init__(self, broken: bool = False):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.calls, self.keys = 0, set()
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.calls += 1
+                fake.keys.add(self.headers.get("Authorization"))
+                parts = body["messages"][0]["content"]
+                n = sum(1 for p in parts if p["type"] == "image_url")
+                answer = "no json here" if broken else json.dumps({
+                    "global": "[Character] Character 1: a shape. [Environment] a room. [Story] things happen.",
+                    "shots": [f"Character 1 in shot {i + 1}" for i in range(n)],
+                })
+                payload = json.dumps({"choices": [{"message": {"content": answer}}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.mark.slow
+def test_captions_from_vlm_then_coca_when_no_sidecar(ray_local, synth_films, tmp_path, monkeypatch):
+    films = tmp_path / "in"
+    films.mkdir()
+    shutil.copy(synth_films / "synth-002.mp4", films / "nocaps.mp4")  # no sidecar beside it
+    monkeypatch.setenv("LCT_TEST_VLM_KEY", "sekret-123")
+
+    good = SceneVLM()
+    vlm = {"url": good.url, "model": "fake", "api_key_env": "LCT_TEST_VLM_KEY", "retries": 0, "timeout_s": 10}
+    curate([str(films)], tmp_path / "a", fast_config(caption={"vlm": vlm, "coca": False}))
+    rows = [r for r in _shot_rows(tmp_path / "a") if r["kept"]]
+    assert rows and {r["caption_source"] for r in rows} == {"vlm"}
+    assert all(r["caption"].startswith("Character 1 in shot") for r in rows)
+    assert good.keys == {"Bearer sekret-123"}  # the key reached the remote actor
+    meta = [json.loads(s["json"]) for s in _scene_samples(tmp_path / "a").values()]
+    assert all(m["global_caption"].startswith("[Character] Character 1: a shape.") for m in meta)
+    assert good.calls == len(meta)  # one request per scene
+    assert "sekret-123" not in (tmp_path / "a" / "dataset.json").read_text()
+
+    broken = SceneVLM(broken=True)
+    vlm = dict(vlm, url=broken.url)
+    curate([str(films)], tmp_path / "b", fast_config(caption={"vlm": vlm, "coca": True, "coca_model": "coca_ViT-B-32"}))
+    doc = json.loads((tmp_path / "b" / "dataset.json").read_text())
+    rows = [r for r in _shot_rows(tmp_path / "b") if r["kept"]]
+    assert {r["caption_source"] for r in rows} == {"coca"} and all(r["caption"] for r in rows)
+    assert doc["vlm_failed_scenes"] == broken.calls > 0

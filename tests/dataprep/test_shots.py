@@ -1,0 +1,170 @@
+"""detect_shots: PySceneDetect's cuts on real clips, F1 on synthetic hard cuts, stats, truncated films."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dataprep import synthetic
+from dataprep.config import ShotsConfig
+from dataprep.errors import FilmError
+from dataprep.probe import probe
+from dataprep.shots import detect_shots, scaled_size, shots_from_cuts
+from tests.dataprep.test_probe import faststart_copy
+
+TESTVIDEO_STARTS = [0, 30, 180, 394]  # PySceneDetect 0.7.2 ContentDetector() defaults
+
+
+def assert_tiles(shots: list[tuple[int, int]], n_frames: int):
+    assert shots[0][0] == 0 and shots[-1][1] == n_frames
+    assert all(a < b for a, b in shots)
+    assert all(prev[1] == nxt[0] for prev, nxt in zip(shots[:-1], shots[1:]))
+
+
+def assert_near(starts: list[int], expected: list[int], tol: int):
+    assert len(starts) == len(expected), f"shot starts {starts}, expected {expected} ± {tol}"
+    assert all(abs(s - e) <= tol for s, e in zip(starts, expected)), f"shot starts {starts}, expected {expected} ± {tol}"
+
+
+# ---------------------------------------------------------------- real clips
+
+
+def test_testvideo_matches_pyscenedetect(shared_data):
+    path = shared_data / "testvideo.mp4"
+    detection = detect_shots(path, ShotsConfig(), probe(path))
+    assert detection.n_frames == 720
+    assert detection.fps == pytest.approx(30000 / 1001)
+    assert_near(detection.starts, TESTVIDEO_STARTS, tol=2)
+    assert_tiles(detection.shots, detection.n_frames)
+
+
+def test_adaptive_detector(shared_data):
+    detection = detect_shots(shared_data / "testvideo.mp4", ShotsConfig(detector="adaptive"))
+    assert detection.starts[:4] == pytest.approx(TESTVIDEO_STARTS, abs=2)
+    # AdaptiveDetector also cuts into the dark end card at 691; PySceneDetect does the same.
+    assert len(detection.starts) <= 5
+    assert_tiles(detection.shots, detection.n_frames)
+
+
+def test_counter_clip(shared_data):
+    # counter.mp4 has no camera cuts, but its flat background changes colour every second:
+    # PySceneDetect's ContentDetector (CLI, defaults) also starts shots at 0, 10, 20.
+    detection = detect_shots(shared_data / "counter.mp4")
+    assert detection.n_frames == 30 and detection.fps == 10.0
+    assert detection.starts == [0, 10, 20]
+    assert_tiles(detection.shots, 30)
+
+
+def test_stats_per_frame(shared_data):
+    detection = detect_shots(shared_data / "fades.mp4")
+    assert detection.luma.shape == detection.motion.shape == (detection.n_frames,) == (250,)
+    assert detection.luma.dtype == detection.motion.dtype == np.float32
+    assert detection.motion[0] == 0.0
+    assert 0 <= detection.luma.min() and detection.luma.max() <= 255
+    assert 0 <= detection.motion.min() and detection.motion.max() <= 255
+    # fades.mp4 fades through black: the darkest frames are near black, the brightest are not.
+    assert detection.luma.min() < 5 and detection.luma.max() > 60
+
+
+def test_static_clip_has_no_motion_and_black_has_no_luma(tmp_path):
+    from tests.dataprep.test_probe import write_video
+
+    path = write_video(tmp_path / "flat.mp4", 20, size=(64, 48))  # grey level steps by 37 each frame
+    detection = detect_shots(path, ShotsConfig(threshold=255.0))
+    assert detection.shots == [(0, 20)]
+    assert detection.luma[0] < 3  # frame 0 is black
+    assert detection.motion[1:].min() > 20  # every frame is a jump in grey level
+
+
+# ---------------------------------------------------------------- truncated and bad films
+
+
+def test_truncated_tail_keeps_decoded_frames(shared_data, tmp_path):
+    data = faststart_copy(shared_data / "testvideo.mp4", tmp_path / "fast.mp4").read_bytes()
+    (tmp_path / "half.mp4").write_bytes(data[: len(data) // 2])
+    detection = detect_shots(tmp_path / "half.mp4")
+    assert 200 < detection.n_frames < 720
+    assert len(detection.luma) == detection.n_frames
+    assert_tiles(detection.shots, detection.n_frames)
+    expected = [s for s in TESTVIDEO_STARTS if s < detection.n_frames - 2]
+    assert_near(detection.starts, expected, tol=2)
+
+
+def test_truncated_to_nothing_decodable(shared_data, tmp_path):
+    data = faststart_copy(shared_data / "testvideo.mp4", tmp_path / "fast.mp4").read_bytes()
+    moov_end = data.index(b"mdat") + 4
+    (tmp_path / "stub.mp4").write_bytes(data[: moov_end + 64])
+    with pytest.raises(FilmError, match="no decodable video frames"):
+        detect_shots(tmp_path / "stub.mp4")
+
+
+def test_bad_input_is_a_film_error(tmp_path):
+    (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(1).bytes(10_000))
+    with pytest.raises(FilmError, match="not a video container"):
+        detect_shots(tmp_path / "noise.mp4")
+    with pytest.raises(FilmError, match="file not found"):
+        detect_shots(tmp_path / "missing.mp4")
+
+
+# ---------------------------------------------------------------- pure helpers
+
+
+def test_shots_from_cuts_tiles_and_dedups():
+    assert shots_from_cuts([], 5) == [(0, 5)]
+    assert shots_from_cuts([3, 0, 3, 9, 7], 9) == [(0, 3), (3, 7), (7, 9)]
+
+
+def test_scaled_size_keeps_aspect_and_never_upscales():
+    assert scaled_size(1280, 720, 256) == (256, 144)
+    assert scaled_size(1920, 1080, 256) == (256, 144)
+    assert scaled_size(200, 100, 256) == (200, 100)
+    with pytest.raises(FilmError, match="invalid frame size 0x10"):
+        scaled_size(0, 10, 256)
+
+
+# ---------------------------------------------------------------- synthetic films with ground truth
+
+
+@pytest.fixture(scope="module")
+def synthetic_films(tmp_path_factory):
+    # Films 0-3: plain cuts, fades/dissolves (odd films) and a flash (film 2).
+    cfg = synthetic.SynthConfig(n_films=4, seed=0)
+    return synthetic.make_films(cfg, tmp_path_factory.mktemp("synth"))
+
+
+def test_hard_cut_f1_on_synthetic_films(synthetic_films):
+    """F1 >= 0.95 at ±1 frame over all hard cuts; predictions near gradual transitions or flashes are not scored."""
+    n_pred = n_truth = n_hit = 0
+    for path in synthetic_films:
+        truth = synthetic.load_truth(path)
+        detection = detect_shots(path)
+        assert detection.n_frames == truth["n_frames"]
+        ambiguous = synthetic.ambiguous_frames(truth)
+        pred = [s for s in detection.starts[1:] if not any(abs(s - a) <= 2 for a in ambiguous)]
+        cuts = synthetic.hard_cuts(truth)
+        precision, recall, _ = synthetic.cut_f1(pred, cuts, tol=1)
+        n_pred, n_truth = n_pred + len(pred), n_truth + len(cuts)
+        n_hit += round(recall * len(cuts))
+        assert precision * len(pred) == pytest.approx(recall * len(cuts))  # one-to-one matches
+    precision, recall = n_hit / n_pred, n_hit / n_truth
+    f1 = 2 * precision * recall / (precision + recall)
+    assert n_truth >= 10, "too few hard cuts to measure F1"
+    assert f1 >= 0.95, f"hard-cut F1 {f1:.3f} (precision {precision:.3f}, recall {recall:.3f}) < 0.95"
+
+
+def test_detector_failure_propagates_and_stops_the_decode_thread(shared_data, monkeypatch):
+    import threading
+
+    from dataprep import shots
+
+    class Broken:
+        def process_frame(self, timecode, frame):
+            if timecode.frame_num == 5:
+                raise RuntimeError("detector bug at frame 5")
+            return []
+
+    monkeypatch.setattr(shots, "make_detector", lambda cfg: Broken())
+    threads_before = threading.active_count()
+    with pytest.raises(RuntimeError, match="detector bug at frame 5"):
+        detect_shots(shared_data / "testvideo.mp4")
+    assert threading.active_count() == threads_before
