@@ -6,8 +6,8 @@ is a numbered *part*: `manifest/parts/{seq:06d}.shots.parquet`, then
 the shard's name, sample count, size and sha256 in its schema metadata). A run that is
 killed leaves at most an uncommitted temporary file behind, which the next run removes.
 At the end of a run the parts are folded into `manifest/films.parquet` and
-`manifest/shots.parquet` (the latest part wins for a film curated twice, e.g. a film that
-failed and then succeeded after a fix).
+`manifest/shots.parquet` (the latest part wins for a film URI curated twice, e.g. a film
+that failed and then succeeded after a fix).
 """
 
 from __future__ import annotations
@@ -114,15 +114,17 @@ def drop_part(out_dir: Path, seq: int) -> None:
 
 def consolidate(out_dir: Path) -> tuple[pa.Table, pa.Table, list[dict]]:
     """Fold all parts into films.parquet / shots.parquet; returns (films, shots, shards)."""
-    latest: dict[str, int] = {}  # film_id -> seq of its latest part
+    latest: dict[str, int] = {}  # uri -> seq of its latest part
     parts = read_parts(out_dir)
     for seq, films, _, _ in parts:
-        for film_id in films.column("film_id").to_pylist():
-            latest[film_id] = seq
+        for uri in films.column("uri").to_pylist():
+            latest[uri] = seq
     film_rows, shot_rows, shards = [], [], []
     for seq, films, shots, shard in parts:
-        film_rows += [r for r in films.to_pylist() if latest[r["film_id"]] == seq]
-        shot_rows += [r for r in shots.to_pylist() if latest[r["film_id"]] == seq]
+        rows = [r for r in films.to_pylist() if latest[r["uri"]] == seq]
+        live = {r["film_id"] for r in rows}
+        film_rows += rows
+        shot_rows += [r for r in shots.to_pylist() if r["film_id"] in live]
         if shard is not None:
             shards.append(shard)
     films_table = pa.Table.from_pylist(film_rows, schema=FILM_SCHEMA)

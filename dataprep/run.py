@@ -29,6 +29,7 @@ from typing import Callable
 
 import numpy as np
 import ray
+import yaml
 from ray.util import metrics
 
 from dataprep import manifest
@@ -36,7 +37,7 @@ from dataprep.caption_film import FilmCaptioner, finish, needs_model, sidecar_on
 from dataprep.config import CurateConfig, RayConfig
 from dataprep.embed import ClipEmbedder
 from dataprep.film import FilmResult, process_film
-from dataprep.samples import build_film, film_row
+from dataprep.samples import build_film, dropped_rows, film_row
 from dataprep.scenes import colour_histogram, group_scenes
 from dataprep.shards import SceneShardWriter, recover
 from dataprep.sources import list_films
@@ -98,20 +99,26 @@ class CaptionWorker:
         return self.captioner(result, scenes)
 
 
-def connect(cfg: RayConfig) -> None:
-    """Join `cfg.address` (or RAY_ADDRESS), or start a local Ray with its dashboard on 127.0.0.1."""
+def connect(cfg: RayConfig) -> str | None:
+    """Join `cfg.address` (or RAY_ADDRESS), or start a local Ray with its dashboard on 127.0.0.1.
+
+    Returns the dashboard URL when Ray knows it.
+    """
     if ray.is_initialized():
-        return
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, logging_level=logging.WARNING)
+        url = ray._private.worker.get_dashboard_url()  # no public getter once connected
     else:
-        ray.init(
-            num_cpus=cfg.num_cpus,
-            include_dashboard=True,
-            dashboard_host=cfg.dashboard_host,
-            logging_level=logging.WARNING,
-        )
+        address = cfg.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            context = ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            context = ray.init(
+                num_cpus=cfg.num_cpus,
+                include_dashboard=True,
+                dashboard_host=cfg.dashboard_host,
+                logging_level=logging.WARNING,
+            )
+        url = context.dashboard_url
+    return f"http://{url}" if url and not url.startswith("http") else url or None
 
 
 def _stages(cfg: CurateConfig):
@@ -179,6 +186,7 @@ def curate(
     out_dir: str | Path,
     cfg: CurateConfig,
     on_film: Callable[[Outcome, int, int], None] | None = None,
+    on_status: Callable[[str], None] | None = None,
 ) -> CurateSummary:
     """Curate `inputs` into `out_dir`. Raises CurateFailed past `cfg.max_failure_rate` (outputs stay valid)."""
     started = time.perf_counter()
@@ -190,7 +198,9 @@ def curate(
     todo = [u for u in uris if u not in done]
     skipped_done = len(uris) - len(todo)
 
-    connect(cfg.ray)
+    dashboard = connect(cfg.ray)
+    if on_status:
+        on_status(f"{len(todo)} films to curate, {skipped_done} already done; Ray dashboard: {dashboard or 'n/a'}")
     cpus = ray.cluster_resources().get("CPU", 0)
     if cfg.ray.film_cpus > cpus:
         raise ValueError(f"ray.film_cpus={cfg.ray.film_cpus} but the Ray cluster has only {cpus} CPUs")
@@ -222,11 +232,13 @@ def curate(
     def record(film: _Film, outcome: Outcome) -> None:
         film.outcome, film.stage = outcome, "done"
 
-    def fail(film: _Film, status: str, reason: str) -> None:
+    def fail(film: _Film, status: str, reason: str, shots_dropped: bool = False) -> None:
         film.entry = None
         record(film, Outcome(film.uri, status, reason))
         res = film.result or FilmResult(uri=film.uri)
         pending_rows[0].append(film_row(res, status, reason))
+        if shots_dropped:  # keep the drop reason of each of its shots
+            pending_rows[1].extend(dropped_rows(res))
 
     def advance(film: _Film) -> None:
         """Move a film whose awaited ref is ready to its next stage."""
@@ -245,7 +257,7 @@ def curate(
                 return fail(film, "skipped", f"duplicate of {seen_ids[result.film_id]}")
             seen_ids[result.film_id] = film.uri
             if not result.clips:
-                return fail(film, "skipped", "no usable shots (all dropped by filters)")
+                return fail(film, "skipped", "no usable shots (all dropped by filters)", shots_dropped=True)
             film.stage = "embed"
             film.ref = embedders[zlib.crc32(film.uri.encode()) % len(embedders)].embed.remote([c.keyframes for c in result.clips])
             return
@@ -271,7 +283,7 @@ def curate(
         caption_sources.update(captions.sources)
         entry = build_film(film.result, film.embeddings, film.scenes, captions, cfg.scenes.min_shots, versions_)
         if not entry.samples:
-            return fail(film, "skipped", f"no scene with at least {cfg.scenes.min_shots} shots")
+            return fail(film, "skipped", f"no scene with at least {cfg.scenes.min_shots} shots", shots_dropped=True)
         film.entry = entry
         record(film, Outcome(film.uri, "ok", None, entry.film_row["n_shots"], entry.film_row["n_scenes"]))
 
@@ -348,6 +360,8 @@ def _write_summary(out_dir, cfg, summary, shards, embed_info, method, caption_so
         "versions": versions_,
         "wall_time_s": round(summary.wall_s, 3),
     }
+    config_yaml = out_dir / "config.yaml"  # the effective config, reusable with `--config`
+    config_yaml.write_text(yaml.safe_dump(doc["config"], sort_keys=False))
     tmp = out_dir / "dataset.json.tmp"
     tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
     os.replace(tmp, out_dir / "dataset.json")

@@ -130,3 +130,18 @@ def build_film(
         )
     n_shots = sum(1 for r in rows if r["kept"])
     return FilmEntry(samples, film_row(result, "ok", None, n_shots, len(samples)), rows)
+
+
+def dropped_rows(result: FilmResult) -> list[dict]:
+    """Shot rows of a film that wrote no scene: every candidate shot with why it was not kept."""
+    fps = result.fps
+    return [
+        {
+            "film_id": result.film_id, "scene_id": None, "shot_index": None, "film_shot_index": n,
+            "detected_shot": span.parent_shot, "start_frame": span.start_frame, "end_frame": span.end_frame,
+            "start_s": span.start_frame / fps, "end_s": span.end_frame / fps, "caption": None,
+            "caption_source": None, "clip": None, "shard": None, "kept": False,
+            "drop_reason": span.drop_reason or "scene_too_small",
+        }
+        for n, span in enumerate(result.spans)
+    ]

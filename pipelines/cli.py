@@ -112,7 +112,7 @@ def curate(
                 if outcome.status == "failed":
                     bar.console.print(f"[yellow]failed[/yellow] {outcome.uri}: {outcome.reason}")
 
-            summary = run_curate(inputs, out, cfg, on_film=on_film)
+            summary = run_curate(inputs, out, cfg, on_film=on_film, on_status=bar.console.print)
     except (FileNotFoundError, ValueError) as e:  # inputs that match nothing, resources the cluster lacks
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)

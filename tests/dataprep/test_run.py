@@ -92,6 +92,17 @@ def bad_films(tmp_path_factory, synth_films) -> tuple[Path, dict[str, str]]:
     }
 
 
+def _black(path: Path) -> None:
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 64, "yuv420p"
+        for i in range(50):
+            frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+            frame.pts = i
+            c.mux(s.encode(frame))
+        c.mux(s.encode(None))
+
+
 def _shot_rows(out: Path) -> list[dict]:
     return pq.read_table(out / "manifest" / "shots.parquet").to_pylist()
 
@@ -109,6 +120,7 @@ def test_curate_synthetic_films(ray_local, synth_films, tmp_path):
     assert doc["embed"]["random_init"] is True and doc["scene_similarity"] == "histogram"
     assert doc["caption_sources"] == {"sidecar": doc["counts"]["shots"]}
     assert doc["config"]["clips"]["width"] == 64
+    assert CurateConfig.from_yaml(out / "config.yaml") == fast_config()  # the effective config, reusable
 
     rows = [r for r in _shot_rows(out) if r["kept"]]
     samples = _scene_samples(out)
@@ -166,6 +178,8 @@ def test_bad_films_are_failed_rows_and_the_rest_finishes(ray_local, synth_films,
     films.mkdir()
     for p in sorted(synth_films.glob("synth-00[01].*")):
         shutil.copy(p, films / p.name.replace("synth-000", "my film é 🎬").replace("synth-001", "..\\..\\escape .."))
+    shutil.copy(synth_films / "synth-000.mp4", films / "zz copy.mp4")  # same bytes
+    _black(films / "black.mp4")
     bad_dir, expected = bad_films
     inputs = [str(films)] + [str(bad_dir / n) for n in expected]
     out = tmp_path / "out"
@@ -177,10 +191,15 @@ def test_bad_films_are_failed_rows_and_the_rest_finishes(ray_local, synth_films,
         assert reason in rows[name]["error"]
     assert rows["my film é 🎬.mp4"]["status"] == "ok" and rows["my film é 🎬.mp4"]["n_scenes"] > 0
     assert rows["..\\..\\escape ...mp4"]["status"] == "ok"
+    assert rows["zz copy.mp4"]["status"] == "skipped" and "duplicate of" in rows["zz copy.mp4"]["error"]
+    assert rows["black.mp4"]["status"] == "skipped" and "no usable shots" in rows["black.mp4"]["error"]
+    black_shots = [r for r in _shot_rows(out) if r["film_id"] == rows["black.mp4"]["film_id"]]
+    assert black_shots and {r["drop_reason"] for r in black_shots} == {"black"}
+    assert rows["zz copy.mp4"]["film_id"] == rows["my film é 🎬.mp4"]["film_id"]  # named by content
     ok_before = {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")}
     assert ok_before
     # nothing is written outside the output directory
-    assert {p.name for p in out.iterdir()} <= {".cache", "dataset.json", "manifest", "shards"}
+    assert {p.name for p in out.iterdir()} <= {".cache", "config.yaml", "dataset.json", "manifest", "shards"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
     # with a tolerant policy the same dataset passes, and the good films are not redone
     summary = curate(inputs, out, fast_config(max_failure_rate=1.0))
