@@ -39,6 +39,31 @@ class ShotsConfig(_Strict):
         256, ge=16, description="Frames are decoded scaled to about this width before detection."
     )
     decode_threads: int = Field(0, ge=0, description="PyAV decoding threads (0 = let FFmpeg choose).")
+    flash_filter: bool = Field(
+        True, description="Drop a cut when the frame before it reappears within `flash_frames` after it (a flash)."
+    )
+    flash_frames: int = Field(4, ge=1, description="How many frames after a cut a flash may last.")
+    flash_return: float = Field(
+        0.2,
+        ge=0,
+        description="A flash's later frame differs from the frame before it by under this fraction of the cut's jump.",
+    )
+    gradual: bool = Field(True, description="Add cuts at the midpoints of dissolves and fades through black.")
+    gradual_frames: int = Field(12, ge=2, description="Window (frames) over which a dissolve is tested.")
+    dissolve_diff: float = Field(
+        20.0, ge=0, description="A dissolve window's end thumbnails differ by more than this mean |difference| (0-255)."
+    )
+    dissolve_residual: float = Field(
+        0.15, ge=0, description="A dissolve's inner frames are blends of its ends within this fraction of their change."
+    )
+    dissolve_prominence: float = Field(
+        1.5,
+        ge=1,
+        description="A dissolve window's end difference is this many times that of the windows before and after it.",
+    )
+    fade_luma: float = Field(
+        12.0, ge=0, le=255, description="Frames darker than this mean grey level (0-255) are black in a fade."
+    )
 
 
 class FilterConfig(_Strict):

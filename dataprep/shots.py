@@ -9,6 +9,11 @@ on the small grey image:
 
     luma[i]   = mean grey level of frame i (0-255)
     motion[i] = mean |grey_i - grey_{i-1}| (0-255), motion[0] = 0
+    thumb[i]  = the BGR image shrunk to THUMB_SIZE (area average), kept for post-processing
+
+The detector's cuts are then corrected on the thumbnails, without a second decode
+(`dataprep.transitions`): cuts at flashes are dropped, and dissolves and fades through black,
+which ContentDetector misses, become cuts at their midpoints.
 
 Frames are numbered from 0 in the order the decoder outputs them (presentation order), which
 is PySceneDetect's numbering for constant-frame-rate films. A film whose tail does not decode (a truncated download) keeps
@@ -34,6 +39,7 @@ from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode, SceneD
 from dataprep.config import ShotsConfig
 from dataprep.errors import FilmError
 from dataprep.probe import ProbeInfo, check_readable, frame_rate, open_container
+from dataprep.transitions import drop_flashes, gradual_cuts
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +48,8 @@ log = logging.getLogger(__name__)
 # shrink also reads single source pixels): on testvideo.mp4 the end-card frame 691 scores 26.9
 # both ways, just under the default threshold 27, while FAST_BILINEAR/AREA smooth it over 27.
 INTERPOLATION = "POINT"
+THUMB_SIZE = (32, 18)  # (w, h) of the per-frame BGR thumbnails: 1.7 kB a frame (colour: counter.mp4's
+# backgrounds change hue at the same grey level)
 QUEUE_DEPTH = 8  # decoded frames buffered between the decode thread and the detector
 _END = object()  # end of the decoded frames
 
@@ -73,16 +81,18 @@ def detect_shots(path: str | Path, cfg: ShotsConfig = ShotsConfig(), info: Probe
         fps = Fraction(info.fps_fraction) if info is not None else frame_rate(stream)
         width, height = scaled_size(stream.width, stream.height, cfg.downscale_width)
         detector = make_detector(cfg)
-        cuts, luma, motion = _scan(container, stream, detector, fps, width, height, path)
+        cuts, luma, motion, thumbs = _scan(container, stream, detector, fps, width, height, path)
     finally:
         container.close()
 
     n_frames = len(luma)
     if n_frames == 0:
         raise FilmError("no decodable video frames")
+    luma = np.asarray(luma, dtype=np.float32)
+    cuts = correct_cuts(cuts, np.stack(thumbs).astype(np.float32), luma, cfg)
     return ShotDetection(
         shots=shots_from_cuts(cuts, n_frames),
-        luma=np.asarray(luma, dtype=np.float32),
+        luma=luma,
         motion=np.asarray(motion, dtype=np.float32),
         n_frames=n_frames,
         fps=float(fps),
@@ -90,10 +100,11 @@ def detect_shots(path: str | Path, cfg: ShotsConfig = ShotsConfig(), info: Probe
 
 
 def _scan(container, stream, detector: SceneDetector, fps: Fraction, width: int, height: int, path: Path):
-    """The hot loop: detect and measure each downscaled frame. Returns (cut frames, luma list, motion list)."""
+    """The hot loop: detect and measure each downscaled frame. Returns (cut frames, luma, motion, thumbnails)."""
     cuts: list[int] = []
     luma: list[float] = []
     motion: list[float] = []
+    thumbs: list[np.ndarray] = []  # (18, 32, 3) uint8 each
     previous = None  # (height, width) uint8 grey of the previous frame
     index = 0
     with contextlib.closing(downscaled_frames(container, stream, width, height, path)) as frames:
@@ -101,11 +112,25 @@ def _scan(container, stream, detector: SceneDetector, fps: Fraction, width: int,
             grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)  # (height, width) uint8
             luma.append(cv2.mean(grey)[0])
             motion.append(0.0 if previous is None else cv2.mean(cv2.absdiff(grey, previous))[0])
+            thumbs.append(cv2.resize(bgr, THUMB_SIZE, interpolation=cv2.INTER_AREA))
             previous = grey
             cuts += [tc.frame_num for tc in detector.process_frame(FrameTimecode(index, fps), bgr)]
     if luma:
         cuts += [tc.frame_num for tc in detector.post_process(FrameTimecode(index, fps))]
-    return cuts, luma, motion
+    return cuts, luma, motion, thumbs
+
+
+def correct_cuts(cuts: list[int], thumbs: np.ndarray, luma: np.ndarray, cfg: ShotsConfig) -> list[int]:
+    """The detector's cuts, less those at flashes, plus the midpoints of gradual transitions.
+
+    thumbs: (N, h, w, 3) float32 BGR thumbnails, 0-255; luma: (N,) mean grey level per frame.
+    """
+    cuts = sorted({c for c in cuts if 0 < c < len(thumbs)})
+    if cfg.flash_filter:
+        cuts = drop_flashes(cuts, thumbs, cfg.flash_return, cfg.flash_frames)
+    if cfg.gradual:
+        cuts = sorted(cuts + gradual_cuts(cuts, thumbs, luma, cfg))
+    return cuts
 
 
 def downscaled_frames(container, stream, width: int, height: int, path: Path) -> Iterator[np.ndarray]:

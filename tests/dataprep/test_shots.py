@@ -1,4 +1,5 @@
-"""detect_shots: PySceneDetect's cuts on real clips, F1 on synthetic hard cuts, stats, truncated films."""
+"""detect_shots: PySceneDetect's cuts on real clips, F1 on synthetic hard cuts, gradual transitions and
+flashes, stats, truncated films; the thumbnail corrections of `dataprep.transitions` on made-up arrays."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataprep.config import ShotsConfig
 from dataprep.errors import FilmError
 from dataprep.probe import probe
 from dataprep.shots import detect_shots, scaled_size, shots_from_cuts
+from dataprep.transitions import drop_flashes, gradual_cuts
 from tests.dataprep.test_probe import faststart_copy
 
 TESTVIDEO_STARTS = [0, 30, 180, 394]  # PySceneDetect 0.7.2 ContentDetector() defaults
@@ -36,6 +38,16 @@ def test_testvideo_matches_pyscenedetect(shared_data):
     assert detection.fps == pytest.approx(30000 / 1001)
     assert_near(detection.starts, TESTVIDEO_STARTS, tol=2)
     assert_tiles(detection.shots, detection.n_frames)
+    # testvideo.mp4 cuts into black at 180 and 360-394 and fades in: no extra fade or dissolve cut.
+    assert detection.starts == TESTVIDEO_STARTS
+
+
+def test_fades_clip_cuts_at_the_black(shared_data):
+    # fades.mp4 fades out to black and in again twice; ContentDetector alone finds no cut at all.
+    # PySceneDetect's ThresholdDetector starts scenes at 0, 84, 167.
+    assert detect_shots(shared_data / "fades.mp4", ShotsConfig(gradual=False)).starts == [0]
+    detection = detect_shots(shared_data / "fades.mp4")
+    assert_near(detection.starts, [0, 84, 167], tol=8)
 
 
 def test_adaptive_detector(shared_data):
@@ -127,17 +139,21 @@ def test_scaled_size_keeps_aspect_and_never_upscales():
 
 @pytest.fixture(scope="module")
 def synthetic_films(tmp_path_factory):
-    # Films 0-3: plain cuts, fades/dissolves (odd films) and a flash (film 2).
-    cfg = synthetic.SynthConfig(n_films=4, seed=0)
+    # Plain cuts, fades/dissolves (odd films) and flashes (films 2, 5). Seed 3 has a dissolve of
+    # 14 frames between shots with fast motion, the hardest case seen over seeds 0-9.
+    cfg = synthetic.SynthConfig(n_films=6, seed=3)
     return synthetic.make_films(cfg, tmp_path_factory.mktemp("synth"))
 
 
-def test_hard_cut_f1_on_synthetic_films(synthetic_films):
+@pytest.fixture(scope="module")
+def synthetic_detections(synthetic_films):
+    return [(synthetic.load_truth(path), detect_shots(path)) for path in synthetic_films]
+
+
+def test_hard_cut_f1_on_synthetic_films(synthetic_detections):
     """F1 >= 0.95 at ±1 frame over all hard cuts; predictions near gradual transitions or flashes are not scored."""
     n_pred = n_truth = n_hit = 0
-    for path in synthetic_films:
-        truth = synthetic.load_truth(path)
-        detection = detect_shots(path)
+    for truth, detection in synthetic_detections:
         assert detection.n_frames == truth["n_frames"]
         ambiguous = synthetic.ambiguous_frames(truth)
         pred = [s for s in detection.starts[1:] if not any(abs(s - a) <= 2 for a in ambiguous)]
@@ -150,6 +166,71 @@ def test_hard_cut_f1_on_synthetic_films(synthetic_films):
     f1 = 2 * precision * recall / (precision + recall)
     assert n_truth >= 10, "too few hard cuts to measure F1"
     assert f1 >= 0.95, f"hard-cut F1 {f1:.3f} (precision {precision:.3f}, recall {recall:.3f}) < 0.95"
+
+
+def test_gradual_transitions_become_cuts(synthetic_detections):
+    """A cut within ±(length/2 + 1) frames of the midpoint of >= 80% of the fades and dissolves."""
+    hits, misses = 0, []
+    for truth, detection in synthetic_detections:
+        for tr in truth["transitions"]:
+            a, b = tr["start_frame"], tr["end_frame"]
+            middle = a + (b - a) // 2
+            if any(abs(s - middle) <= (b - a) / 2 + 1 for s in detection.starts):
+                hits += 1
+            else:
+                misses.append((tr["kind"], a, b, detection.starts))
+    assert hits + len(misses) >= 4, "too few gradual transitions to measure recall"
+    assert hits / (hits + len(misses)) >= 0.8, f"missed {misses}"
+
+
+def test_flashes_make_no_cut(synthetic_detections):
+    """Hard-cut F1 >= 0.95 at ±1 frame with cuts at flashes counted as false (only transitions excused)."""
+    n_flash_films = n_pred = n_truth = n_hit = 0
+    for truth, detection in synthetic_detections:
+        n_flash_films += bool(truth["flashes"])
+        at_flash = [s for s in detection.starts if any(abs(s - f) <= 2 for f in truth["flashes"])]
+        assert not at_flash, f"cut at {at_flash}, flashes at {truth['flashes']}"
+        gradual = {f for tr in truth["transitions"] for f in range(tr["start_frame"] - 2, tr["end_frame"] + 3)}
+        pred = [s for s in detection.starts[1:] if s not in gradual]
+        cuts = synthetic.hard_cuts(truth)
+        precision, recall, _ = synthetic.cut_f1(pred, cuts, tol=1)
+        n_pred, n_truth, n_hit = n_pred + len(pred), n_truth + len(cuts), n_hit + round(recall * len(cuts))
+    assert n_flash_films >= 2
+    precision, recall = n_hit / n_pred, n_hit / n_truth
+    assert 2 * precision * recall / (precision + recall) >= 0.95, f"precision {precision:.3f}, recall {recall:.3f}"
+
+
+# ---------------------------------------------------------------- corrections on made-up thumbnails
+
+
+def texture(seed: int, size=(18, 48, 3)) -> np.ndarray:
+    """A smooth random picture (h, w, 3), 0-255."""
+    import cv2
+
+    noise = np.random.default_rng(seed).uniform(0, 255, (size[0] // 3, size[1] // 3, 3)).astype(np.float32)
+    return cv2.resize(noise, (size[1], size[0]), interpolation=cv2.INTER_CUBIC).clip(0, 255)
+
+
+def test_drop_flashes_keeps_real_cuts():
+    a, b = texture(0), texture(1)
+    flash = np.full_like(a, 240.0)
+    thumbs = np.stack([a] * 10 + [flash] * 2 + [a] * 10 + [b] * 10)  # flash at 10-11, cut at 22
+    assert drop_flashes([10, 22], thumbs, max_return=0.2, frames=4) == [22]
+
+
+def test_gradual_cuts_find_a_dissolve_and_a_fade_but_not_a_pan():
+    a, b, cfg = texture(0), texture(1), ShotsConfig()
+    alphas = np.clip((np.arange(60) - 25 + 0.5) / 10, 0, 1)  # a dissolve over frames 25-34
+    dissolve = np.stack([(1 - t) * a + t * b for t in alphas])  # (60, h, w, 3)
+    assert gradual_cuts([], dissolve, dissolve.mean(axis=(1, 2, 3)), cfg) == [30]
+
+    gains = np.abs(np.arange(60) - 29.5) / 5 - 0.1  # out to black by 29, in from black from 30
+    fade = np.stack([g * (a if i < 30 else b) for i, g in enumerate(np.clip(gains, 0, 1))])
+    assert gradual_cuts([], fade, fade.mean(axis=(1, 2, 3)), cfg) == [30]
+
+    wide = texture(2, size=(18, 200, 3))
+    pan = np.stack([wide[:, i : i + 48] for i in range(0, 120, 2)])  # 2 px a frame, as fast as a whip pan
+    assert gradual_cuts([], pan, pan.mean(axis=(1, 2, 3)), cfg) == []
 
 
 def test_detector_failure_propagates_and_stops_the_decode_thread(shared_data, monkeypatch):
