@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import fsspec
+
 from dataprep.caption import load_sidecar
 from dataprep.config import CurateConfig
 from dataprep.errors import FilmError
@@ -19,7 +21,7 @@ from dataprep.filters import Span, filter_shots
 from dataprep.keyframes import ShotClip, extract_clips
 from dataprep.probe import ProbeInfo, film_id, probe
 from dataprep.shots import detect_shots
-from dataprep.sources import local_copy
+from dataprep.sources import is_url, local_copy
 
 
 @dataclass
@@ -45,14 +47,36 @@ class FilmResult:
         return [s for s in self.spans if s.kept]
 
 
-def sidecar_path(path: Path) -> Path:
-    return path.with_name(path.stem + ".captions.json")
+def sidecar_uri(uri: str) -> str:
+    """`<film stem>.captions.json` beside the film, for a local path or a URL alike."""
+    head, _, name = uri.rpartition("/")
+    stem = name.rsplit(".", 1)[0] if "." in name else name
+    return f"{head}/{stem}.captions.json" if head else f"{stem}.captions.json"
+
+
+def _sidecar(uri: str, cache_dir: Path):
+    """The parsed sidecar of a film, or None; remote sidecars are fetched next to the film's copy."""
+    side = sidecar_uri(uri)
+    if is_url(side):
+        fs, path = fsspec.core.url_to_fs(side)
+        if not fs.exists(path):
+            return None
+        local = local_copy(side, cache_dir)
+        try:
+            return load_sidecar(local)
+        finally:
+            local.unlink(missing_ok=True)
+    return load_sidecar(Path(side))
 
 
 def process_film(uri: str, cfg: CurateConfig, cache_dir: Path) -> FilmResult:
-    """Curate one film up to (not including) embedding, captioning and scene grouping."""
+    """Curate one film up to (not including) embedding, captioning and scene grouping.
+
+    A remote film (an fsspec URL) is copied into `cache_dir` for the duration of the call.
+    """
     started = time.perf_counter()
     result = FilmResult(uri=uri)
+    path = None
     try:
         path = local_copy(uri, cache_dir)
         result.film_id = film_id(path, cfg.probe)
@@ -72,10 +96,13 @@ def process_film(uri: str, cfg: CurateConfig, cache_dir: Path) -> FilmResult:
         ]
         result.clips = [c for c in clips if c is not None]
         if cfg.caption.use_sidecar:
-            result.sidecar = load_sidecar(sidecar_path(path))
+            result.sidecar = _sidecar(uri, cache_dir)
     except FilmError as e:
         result.error = e.reason
     except OSError as e:  # unreadable path, permission denied, unreachable remote URL ...
         result.error = f"{type(e).__name__}: {e}"
+    finally:
+        if path is not None and is_url(uri):
+            path.unlink(missing_ok=True)  # a remote film's local copy lives only as long as this call
     result.seconds = time.perf_counter() - started
     return result

@@ -9,6 +9,7 @@ so that a run is deterministic whatever order the shell expanded the arguments i
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import fsspec
 GLOB_CHARS = set("*?[")
 
 
-def _is_url(text: str) -> bool:
+def is_url(text: str) -> bool:
     return "://" in text and not text.startswith("file://")
 
 
@@ -56,7 +57,7 @@ def list_films(inputs: list[str], extensions: tuple[str, ...]) -> list[str]:
     missing: list[str] = []
     for item in inputs:
         item = item[len("file://"):] if item.startswith("file://") else item
-        if _is_url(item):
+        if is_url(item):
             found = _walk_remote(item, extensions)
         elif GLOB_CHARS & set(item):
             found = []
@@ -85,11 +86,11 @@ def list_films(inputs: list[str], extensions: tuple[str, ...]) -> list[str]:
 
 def local_copy(uri: str, cache_dir: Path) -> Path:
     """A local path for `uri`: itself when local, else a download into `cache_dir` (same name each time)."""
-    if not _is_url(uri):
+    if not is_url(uri):
         return Path(uri)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in uri)[-150:]
-    target = cache_dir / safe
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in uri)[-80:]
+    target = cache_dir / f"{hashlib.blake2b(uri.encode(), digest_size=8).hexdigest()}-{safe}"
     if not target.exists():
         tmp = target.with_suffix(target.suffix + ".part")
         with fsspec.open(uri, "rb") as src, open(tmp, "wb") as dst:

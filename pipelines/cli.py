@@ -189,7 +189,10 @@ def demo(
         inputs=[str(films_dir)], out=data_dir, config=None, ray_address=None, num_cpus=None,
         max_failure_rate=None, verbose=False,
     )
-    inspect(directory=data_dir, sheets=50)
+    from dataprep.sheets import write_sheets
+
+    sheets = write_sheets(data_dir, 50)
+    console.print(f"{len(sheets)} contact sheets in {data_dir / 'inspect'}  (open them, or run `lct inspect {data_dir}`)")
 
 
 if __name__ == "__main__":
