@@ -180,7 +180,10 @@ class RayConfig(_Strict):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (None = all).")
     film_cpus: float = Field(1.0, gt=0, description="CPUs per film task (probe, detect, keyframes, re-encode).")
     max_in_flight: int | None = Field(
-        None, ge=1, description="Film tasks in flight at most (None = 2 x cluster CPUs). Bounds driver memory."
+        None,
+        ge=1,
+        description="Films between submission and the writer at most (None = 8 x cluster CPUs, at most 1024). "
+        "Bounds driver memory; films are written in input order, so a slow film holds back this many.",
     )
     embed_actors: int = Field(1, ge=1, description="open_clip embedding actors.")
     embed_cpus: float = Field(

@@ -20,7 +20,6 @@ import os
 import platform
 import time
 import traceback
-import zlib
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -153,12 +152,33 @@ class _Metrics:
             self.fps.set(self.frames / self.seconds)
 
 
+class _Pool:
+    """Actors of one stage; each call goes to the actor with the fewest calls outstanding."""
+
+    def __init__(self, make: Callable[[], object], size: int):
+        self.make, self.size = make, size
+        self.actors: list = []
+        self.busy: list[int] = []
+
+    def call(self, method: str, *args) -> tuple[ray.ObjectRef, int]:
+        if not self.actors:  # created on first use
+            self.actors = [self.make() for _ in range(self.size)]
+            self.busy = [0] * self.size
+        i = self.busy.index(min(self.busy))
+        self.busy[i] += 1
+        return getattr(self.actors[i], method).remote(*args), i
+
+    def release(self, i: int) -> None:
+        self.busy[i] -= 1
+
+
 @dataclass
 class _Film:
     """A film between submission and the writer."""
 
     uri: str
     ref: ray.ObjectRef | None = None  # the stage currently awaited
+    pool: tuple[_Pool, int] | None = None  # the actor computing it, if any
     stage: str = "film"  # film | embed | caption | done
     result: FilmResult | None = None
     scenes: list[list[int]] | None = None
@@ -205,18 +225,22 @@ def curate(
     if cfg.ray.film_cpus > cpus:
         raise ValueError(f"ray.film_cpus={cfg.ray.film_cpus} but the Ray cluster has only {cpus} CPUs")
     film_task, embed_actor, caption_actor = _stages(cfg)
-    embedders, embed_info = [], _previous_embed_info(out_dir)
+    embedders = _Pool(lambda: embed_actor.remote(cfg.embed), cfg.ray.embed_actors)
+    embed_info = _previous_embed_info(out_dir)
     if todo:  # a run with nothing to do loads no model
-        embedders = [embed_actor.remote(cfg.embed) for _ in range(cfg.ray.embed_actors)]
-        embed_info = ray.get(embedders[0].describe.remote())
+        ref, i = embedders.call("describe")
+        embed_info = ray.get(ref)
+        embedders.release(i)
     method = cfg.scenes.similarity
     if method == "auto":
         method = "clip" if embed_info.get("pretrained_loaded") else "histogram"
-    captioners: list = []  # created on first need
+    vlm = cfg.caption.vlm
+    api_key = os.environ.get(vlm.api_key_env) if vlm and vlm.api_key_env else None  # to the actors, never logged
+    captioners = _Pool(lambda: caption_actor.remote(cfg.caption, api_key), cfg.ray.caption_actors)
     cache_dir = out_dir / ".cache" / "remote"
     writer = SceneShardWriter(out_dir, cfg.shards)
     stats = _Metrics()
-    window = cfg.ray.max_in_flight or 2 * max(1, int(cpus))
+    window = cfg.ray.max_in_flight or min(8 * max(1, int(cpus)), 1024)
     versions_ = versions()
 
     counts = Counter(skipped=skipped_done)
@@ -243,6 +267,9 @@ def curate(
     def advance(film: _Film) -> None:
         """Move a film whose awaited ref is ready to its next stage."""
         nonlocal vlm_failures
+        if film.pool is not None:
+            film.pool[0].release(film.pool[1])
+            film.pool = None
         try:
             value = ray.get(film.ref)
         except Exception as e:  # a crash inside a stage (not bad input): recorded, counted, logged
@@ -259,7 +286,8 @@ def curate(
             if not result.clips:
                 return fail(film, "skipped", "no usable shots (all dropped by filters)", shots_dropped=True)
             film.stage = "embed"
-            film.ref = embedders[zlib.crc32(film.uri.encode()) % len(embedders)].embed.remote([c.keyframes for c in result.clips])
+            film.ref, i = embedders.call("embed", [c.keyframes for c in result.clips])
+            film.pool = (embedders, i)
             return
         if film.stage == "embed":
             film.embeddings, result = value, film.result
@@ -271,11 +299,9 @@ def curate(
             ends = [s.end_frame / result.fps for s in kept]
             film.scenes = group_scenes(starts, ends, features, method, cfg.scenes)
             if needs_model(result, film.scenes) and (cfg.caption.vlm is not None or cfg.caption.coca):
-                if not captioners:
-                    key = os.environ.get(vlm.api_key_env) if (vlm := cfg.caption.vlm) and vlm.api_key_env else None
-                    captioners.extend(caption_actor.remote(cfg.caption, key) for _ in range(cfg.ray.caption_actors))
                 film.stage = "caption"
-                film.ref = captioners[zlib.crc32(film.uri.encode()) % len(captioners)].caption.remote(result, film.scenes)
+                film.ref, i = captioners.call("caption", result, film.scenes)
+                film.pool = (captioners, i)
                 return
             value = (finish(*sidecar_only(result, film.scenes), film.scenes), 0)
         captions, vlm_failed = value
