@@ -86,7 +86,7 @@ def process_film(uri: str, cfg: CurateConfig, cache_dir: Path) -> FilmResult:
         result.n_detected = len(detection.shots)
         spans = filter_shots(detection.shots, detection.luma, detection.motion, detection.fps, cfg.filters)
         kept = [(s.start_frame, s.end_frame) for s in spans if s.kept]
-        clips = extract_clips(str(path), kept, detection.fps, cfg.clips)
+        clips = extract_clips(str(path), kept, detection.fps, cfg.clips, result.info.rotation)
         by_span = dict(zip(kept, clips))
         result.spans = [
             dataclasses.replace(s, drop_reason="decode_error")

@@ -79,12 +79,17 @@ class _Mp4Writer:
 
 
 def extract_clips(
-    path: str, spans: list[tuple[int, int]], fps_in: float, cfg: ClipConfig
+    path: str, spans: list[tuple[int, int]], fps_in: float, cfg: ClipConfig, rotation: int = 0
 ) -> list[ShotClip | None]:
     """Re-encode each span [start, end) (sorted, disjoint) and take its keyframes, decoding the film once.
 
-    Returns one entry per span; None for spans the decoder never finished (a truncated tail).
+    `rotation` (degrees counter-clockwise, from the probe's display matrix) is applied so
+    clips come out as the film is meant to be watched. Returns one entry per span; None for
+    spans the decoder never finished (a truncated tail).
     """
+    if rotation not in (0, 90, 180, 270):
+        raise ValueError(f"rotation must be 0, 90, 180 or 270 degrees, got {rotation}")
+    turns = rotation // 90
     if any(b <= a for a, b in spans) or any(b0 > a1 for (_, b0), (a1, _) in zip(spans, spans[1:])):
         raise ValueError(f"spans must be non-empty, sorted and disjoint, got {spans}")
     wanted_out = [output_indices(a, b, fps_in, cfg.fps) for a, b in spans]
@@ -111,8 +116,12 @@ def extract_clips(
                 out_count = wanted_out[current].count(index)
                 key_count = wanted_key[current].count(index)
                 if out_count or key_count:
-                    size = size or cover_size(frame.width, frame.height, cfg.width, cfg.height)
-                    rgb = fit(frame.to_ndarray(width=size[0], height=size[1], format="rgb24"), cfg.width, cfg.height)
+                    if size is None:  # decoded size that covers the curated size once rotated
+                        shown = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
+                        w, h = cover_size(*shown, cfg.width, cfg.height)
+                        size = (h, w) if turns % 2 else (w, h)
+                    rgb = frame.to_ndarray(width=size[0], height=size[1], format="rgb24")
+                    rgb = fit(np.rot90(rgb, turns) if turns else rgb, cfg.width, cfg.height)
                     writer = writer or _Mp4Writer(cfg)
                     for _ in range(out_count):
                         writer.add(rgb)

@@ -61,3 +61,31 @@ def test_keyframes_show_the_span_content(shared_data):
 def test_spans_must_be_sorted_and_disjoint(shared_data):
     with pytest.raises(ValueError, match="sorted and disjoint"):
         extract_clips(str(shared_data / "testvideo.mp4"), [(10, 50), (40, 60)], 30.0, ClipConfig())
+
+
+def test_rotated_film_comes_out_upright(tmp_path):
+    """A film stored 64x32 with a 90-degree display matrix is watched (and curated) as 32x64."""
+    path = tmp_path / "rotated.mp4"
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:, :32] = (220, 20, 20)  # left half red, right half blue, as stored
+    stored[:, 32:] = (20, 20, 220)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 32, "yuv420p"
+        s.set_display_rotation(90)
+        for i in range(20):
+            frame = av.VideoFrame.from_ndarray(stored, format="rgb24")
+            frame.pts = i
+            c.mux(s.encode(frame))
+        c.mux(s.encode(None))
+    cfg = ClipConfig(width=32, height=64, fps=10.0, keyframes=1)
+    (clip,) = extract_clips(str(path), [(0, 20)], 10.0, cfg, rotation=90)
+    key = clip.keyframes[0].astype(int)  # (64, 32, 3): portrait, as displayed
+    expected = np.rot90(stored, 1).astype(int)  # 90 degrees counter-clockwise: red ends at the bottom
+    assert key.shape == expected.shape == (64, 32, 3)
+    assert np.abs(key - expected).mean() < 12
+    assert key[-8:, :, 0].mean() > 150 and key[:8, :, 2].mean() > 150
+    frames, _ = _decode(clip.mp4)
+    assert frames[0].shape == (64, 32, 3)
+    with pytest.raises(ValueError, match="rotation must be"):
+        extract_clips(str(path), [(0, 20)], 10.0, cfg, rotation=45)
