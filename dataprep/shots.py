@@ -89,7 +89,7 @@ def detect_shots(path: str | Path, cfg: ShotsConfig = ShotsConfig(), info: Probe
     if n_frames == 0:
         raise FilmError("no decodable video frames")
     luma = np.asarray(luma, dtype=np.float32)
-    cuts = correct_cuts(cuts, np.stack(thumbs).astype(np.float32), luma, cfg)
+    cuts = correct_cuts(cuts, np.stack(thumbs), luma, cfg)  # (N, 18, 32, 3) uint8
     return ShotDetection(
         shots=shots_from_cuts(cuts, n_frames),
         luma=luma,
@@ -123,7 +123,7 @@ def _scan(container, stream, detector: SceneDetector, fps: Fraction, width: int,
 def correct_cuts(cuts: list[int], thumbs: np.ndarray, luma: np.ndarray, cfg: ShotsConfig) -> list[int]:
     """The detector's cuts, less those at flashes, plus the midpoints of gradual transitions.
 
-    thumbs: (N, h, w, 3) float32 BGR thumbnails, 0-255; luma: (N,) mean grey level per frame.
+    thumbs: (N, h, w, 3) uint8 BGR thumbnails; luma: (N,) mean grey level per frame.
     """
     cuts = sorted({c for c in cuts if 0 < c < len(thumbs)})
     if cfg.flash_filter:

@@ -2,8 +2,8 @@
 
 ContentDetector compares consecutive frames, so it misses gradual transitions (each step of a
 dissolve or a fade is small) and fires on a flash (one or two bright frames inside a shot).
-These pure functions fix both from thumbnails `thumbs`, (N, h, w, C) float32 0-255, one per
-frame, the mean grey level `luma` (N,) of each frame, and the detector's cut frames (first frame
+These pure functions fix both from thumbnails `thumbs`, (N, h, w, C) uint8, one per frame
+(kept as uint8 and converted to float a window at a time: a feature film has ~170K frames), the mean grey level `luma` (N,) of each frame, and the detector's cut frames (first frame
 of each new shot). Differences of thumbnails are mean |difference| over pixels and channels.
 
 - `drop_flashes`: a cut at c is a flash when frame c-1 reappears within a few frames after c
@@ -29,6 +29,7 @@ import numpy as np
 
 from dataprep.config import ShotsConfig
 
+CHUNK = 4096  # frames whose differences are computed at once (bounds the float32 temporaries)
 MAX_ALPHA_DROP = 0.15  # a dissolve's blend weight α may fall back this much between frames (noise), no more
 
 
@@ -37,10 +38,11 @@ def drop_flashes(cuts: list[int], thumbs: np.ndarray, max_return: float, frames:
     `max_return` times the jump from c-1 to c."""
     kept = []
     for c in cuts:
-        after = thumbs[c + 1 : c + 1 + frames]  # (k, h, w, C)
+        near = thumbs[max(0, c - 1) : c + 1 + frames].astype(np.float32)  # (k+2, h, w, C): c-1, c, after
+        after = near[2:]
         if 0 < c and len(after):
-            jump = np.abs(thumbs[c] - thumbs[c - 1]).mean()
-            back = np.abs(after - thumbs[c - 1]).reshape(len(after), -1).mean(axis=1).min()
+            jump = np.abs(near[1] - near[0]).mean()
+            back = np.abs(after - near[0]).reshape(len(after), -1).mean(axis=1).min()
             if back < max_return * jump:
                 continue
         kept.append(c)
@@ -70,6 +72,7 @@ def blend_fit(window: np.ndarray) -> tuple[np.ndarray, float]:
     α[m] is the least-squares weight of the last frame in frame m; the residual is the mean
     |frame - blend| over the inner frames (0-255).
     """
+    window = window.astype(np.float32)
     first, last = window[0].ravel(), window[-1].ravel()
     step = last - first  # (P,)
     x = window.reshape(len(window), -1) - first  # (W+1, P)
@@ -80,7 +83,7 @@ def blend_fit(window: np.ndarray) -> tuple[np.ndarray, float]:
 
 def gain_residual(x: np.ndarray, y: np.ndarray) -> float:
     """Mean |y - g·x| for the least-squares gain g: small when y is x brightened or darkened."""
-    x, y = x.ravel(), y.ravel()
+    x, y = x.ravel().astype(np.float32), y.ravel().astype(np.float32)
     gain = float(x @ y) / max(float(x @ x), 1e-6)
     return float(np.abs(y - gain * x).mean())
 
@@ -91,7 +94,10 @@ def dissolve_cuts(cuts: list[int], thumbs: np.ndarray, luma: np.ndarray, cfg: Sh
     n = len(thumbs)
     if n <= w:
         return []
-    ends = np.abs(thumbs[w:] - thumbs[:-w]).reshape(n - w, -1).mean(axis=1)  # (N-W,) |thumb[a+W] - thumb[a]|
+    ends = np.concatenate([  # (N-W,) |thumb[a+W] - thumb[a]|, a chunk of frames at a time
+        np.abs(thumbs[i + w : j + w].astype(np.float32) - thumbs[i:j]).reshape(j - i, -1).mean(axis=1)
+        for i, j in ((i, min(i + CHUNK, n - w)) for i in range(0, n - w, CHUNK))
+    ])
     padded = np.concatenate([np.zeros(w), ends, np.zeros(w)])
     around = np.maximum(padded[: len(ends)], padded[2 * w :])  # (N-W,) the same over [a-W, a] and [a+W, a+2W]
     cut_marks = np.zeros(n + 1, dtype=np.int32)

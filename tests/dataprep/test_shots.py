@@ -233,6 +233,18 @@ def test_gradual_cuts_find_a_dissolve_and_a_fade_but_not_a_pan():
     assert gradual_cuts([], pan, pan.mean(axis=(1, 2, 3)), cfg) == []
 
 
+def test_gradual_cuts_same_on_uint8_thumbnails_in_small_chunks(monkeypatch):
+    from dataprep import transitions
+
+    a, b, cfg = texture(0), texture(1), ShotsConfig()
+    alphas = np.clip((np.arange(60) - 25 + 0.5) / 10, 0, 1)
+    dissolve = np.stack([(1 - t) * a + t * b for t in alphas]).round().astype(np.uint8)  # as shots.py stores them
+    luma = dissolve.mean(axis=(1, 2, 3))
+    whole = gradual_cuts([], dissolve, luma, cfg)
+    monkeypatch.setattr(transitions, "CHUNK", 7)  # differences computed a few frames at a time
+    assert gradual_cuts([], dissolve, luma, cfg) == whole == [30]
+
+
 def test_detector_failure_propagates_and_stops_the_decode_thread(shared_data, monkeypatch):
     import threading
 
