@@ -289,3 +289,38 @@ def test_captions_from_vlm_then_coca_when_no_sidecar(ray_local, synth_films, tmp
     rows = [r for r in _shot_rows(tmp_path / "b") if r["kept"]]
     assert {r["caption_source"] for r in rows} == {"coca"} and all(r["caption"] for r in rows)
     assert doc["vlm_failed_scenes"] == broken.calls > 0
+
+
+@pytest.mark.slow
+def test_a_killed_worker_is_retried_and_the_run_completes(ray_local, synth_films, tmp_path):
+    """SIGKILL the Ray worker running a film task: Ray retries it, the dataset is as without the kill."""
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    killed: list[int] = []
+    stop = threading.Event()
+
+    def assassin():
+        while not stop.is_set() and not killed:
+            for proc in psutil.process_iter(["pid", "cmdline"]):
+                if any("ray::process_film" in part for part in (proc.info["cmdline"] or [])):
+                    os.kill(proc.info["pid"], signal.SIGKILL)
+                    killed.append(proc.info["pid"])
+                    break
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=assassin, daemon=True)
+    thread.start()
+    try:
+        summary = curate([str(synth_films)], tmp_path / "k", fast_config())
+    finally:
+        stop.set()
+        thread.join()
+    assert killed, "no film task was caught running"
+    assert summary.counts == {"ok": 3, "failed": 0, "skipped": 0}
+    clean = curate([str(synth_films)], tmp_path / "c", fast_config())
+    assert clean.counts["ok"] == 3
+    assert sorted(_scene_samples(tmp_path / "k")) == sorted(_scene_samples(tmp_path / "c"))
