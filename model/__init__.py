@@ -1,0 +1,22 @@
+"""LCT model: scene-level MMDiT with interleaved 3D RoPE (single-device PyTorch).
+
+Dimension legend used in shape comments throughout `model/`:
+    B  scenes in a batch                 S  shots per scene (padded to the batch max)
+    G  groups per scene = 1 + S          (group 0 = global prompt, group i = shot i)
+    C  latent channels                   F, H, W  latent frames, height, width
+    F', H', W'  patch grid = F // p_t, H // p_h, W // p_w
+    T  text tokens of one prompt         Dt  text feature dim (384 = all-MiniLM-L6-v2)
+    Lt, Lv  text / video tokens of a (padded) scene;  L = Lt + Lv joint sequence
+    D  model width                       heads, head_dim = D // heads
+
+Nothing here imports Ray, DeepSpeed or Prefect (tests/model/test_lct.py enforces it).
+"""
+
+from .config import PRESETS, LCTConfig
+from .lct import LCT, Batch, Scene, Shot, collate
+from .rope import apply_rope, rope_frequencies, scene_position_ids
+
+__all__ = [
+    "LCT", "LCTConfig", "PRESETS", "Batch", "Scene", "Shot", "collate",
+    "apply_rope", "rope_frequencies", "scene_position_ids",
+]
