@@ -13,10 +13,13 @@ Nothing here imports Ray, DeepSpeed or Prefect (tests/model/test_lct.py enforces
 """
 
 from .config import PRESETS, LCTConfig
+from .latents import LatentCodecConfig, build_codec
 from .lct import LCT, Batch, Scene, Shot, collate
 from .rope import apply_rope, rope_frequencies, scene_position_ids
+from .text import TextEncoder, TextEncoderConfig
 
 __all__ = [
     "LCT", "LCTConfig", "PRESETS", "Batch", "Scene", "Shot", "collate",
     "apply_rope", "rope_frequencies", "scene_position_ids",
+    "TextEncoder", "TextEncoderConfig", "LatentCodecConfig", "build_codec",
 ]

@@ -169,7 +169,7 @@ def test_import_without_ray_deepspeed_prefect():
         "    sys.modules[name] = None\n"
         "import model\n"
         "from model import LCT, LCTConfig, PRESETS\n"
-        "import model.config, model.rope, model.layers, model.lct\n"
+        "import model.config, model.rope, model.layers, model.lct, model.text, model.latents\n"
         "assert not any(m.split('.')[0] in ('ray', 'deepspeed', 'prefect') and sys.modules[m] is not None\n"
         "               for m in sys.modules)\n"
         "print('ok')\n"
