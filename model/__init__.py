@@ -13,13 +13,16 @@ Nothing here imports Ray, DeepSpeed or Prefect (tests/model/test_lct.py enforces
 """
 
 from .config import PRESETS, LCTConfig
+from .export import load_export, save_export
 from .latents import LatentCodecConfig, build_codec
-from .lct import LCT, Batch, Scene, Shot, collate
+from .lct import LCT, Batch, KVCache, Scene, Shot, collate
 from .rope import apply_rope, rope_frequencies, scene_position_ids
+from .sampling import SamplerConfig, sample, timesteps
 from .text import TextEncoder, TextEncoderConfig
 
 __all__ = [
-    "LCT", "LCTConfig", "PRESETS", "Batch", "Scene", "Shot", "collate",
+    "LCT", "LCTConfig", "PRESETS", "Batch", "KVCache", "Scene", "Shot", "collate",
     "apply_rope", "rope_frequencies", "scene_position_ids",
     "TextEncoder", "TextEncoderConfig", "LatentCodecConfig", "build_codec",
+    "SamplerConfig", "sample", "timesteps", "save_export", "load_export",
 ]

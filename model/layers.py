@@ -104,8 +104,14 @@ class MMDiTBlock(nn.Module):
         vid_group: Tensor,  # (B, Lv)
         cos: Tensor,        # (B, Lt + Lv, head_dim // 2) RoPE of the joint sequence
         sin: Tensor,
-        mask: Tensor,       # (B, 1, Lt + Lv, Lt + Lv) bool, True = may attend
-    ) -> tuple[Tensor, Tensor]:
+        mask: Tensor | None,  # (B, 1, L, Lc + L) bool, True = may attend; None = all
+        past: tuple[Tensor, Tensor] | None = None,  # cached (k, v), each (B, heads, Lc, head_dim)
+    ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
+        """-> new txt, new vid, and (k, v) of this call's tokens (after QK-norm and RoPE) for a KV-cache.
+
+        past: keys/values of tokens computed earlier (the KV-cache of a context-causal scene);
+        they are prepended to this call's keys, so the queries attend [past; text; video].
+        """
         Lt = txt.shape[1]
         m_txt, m_vid = self.txt.mods(c, txt_group), self.vid.mods(c, vid_group)
         q_t, k_t, v_t = self.txt.qkv_heads(txt, m_txt[0], m_txt[1])
@@ -113,9 +119,11 @@ class MMDiTBlock(nn.Module):
         q = apply_rope(torch.cat([q_t, q_v], dim=2), cos, sin)   # (B, heads, L, head_dim)
         k = apply_rope(torch.cat([k_t, k_v], dim=2), cos, sin)
         v = torch.cat([v_t, v_v], dim=2)
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        k_all, v_all = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
+        attn = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
         attn = attn.transpose(1, 2).flatten(2)                   # (B, L, D)
-        return self.txt.finish(txt, attn[:, :Lt], m_txt), self.vid.finish(vid, attn[:, Lt:], m_vid)
+        txt, vid = self.txt.finish(txt, attn[:, :Lt], m_txt), self.vid.finish(vid, attn[:, Lt:], m_vid)
+        return txt, vid, (k, v)
 
 
 class FinalLayer(nn.Module):

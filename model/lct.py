@@ -7,6 +7,11 @@ Input API (shapes per the legend in model/__init__.py):
     v = LCT(cfg)(batch, t)                      # t: (B, S) one timestep per shot
     v[b][i]                                     # (C, F, H, W) velocity of shot i of scene b
 
+KV-cache (context-causal only, one scene): cache = model.prefill(batch, t, groups=1 + k) holds
+the K/V of the global prompt and shots 1..k; model.forward_with_cache(batch, t, cache) is then
+v of shot k + 1 computed from its own tokens only (== forward with the causal mask), and
+model.extend_cache(batch, t, cache) appends shot k + 1. model/sampling.py drives it.
+
 Inside one scene the tokens are grouped: group 0 is the global prompt (text only, no dummy
 video tokens), group i is shot i (its text then its video). Text and video tokens travel in
 two streams (separate weights) and meet in one joint attention; attention is permutation
@@ -195,17 +200,13 @@ class LCT(nn.Module):
     def forward(self, batch: Batch, t: Tensor) -> list[list[Tensor]]:
         """t (B, S) timesteps in [0, 1] (values at padded shots are ignored) -> v[b][i] (C, F, H, W)."""
         cfg = self.cfg
-        B, S = batch.shot_mask.shape
-        if t.shape != (B, S):
-            raise ValueError(f"t must be (B, S) = {(B, S)} (one timestep per shot), got {tuple(t.shape)}")
+        self._check_t(batch, t)
 
         # 1. Embed tokens and per-group conditioning vectors c (B, 1 + S, D).
         dtype = self.txt_in.weight.dtype                         # inputs follow the weights (bf16 ok)
         txt = self.txt_in(batch.txt.to(dtype))                   # (B, Lt, D)
         vid = self.vid_in(batch.vid.to(dtype))                   # (B, Lv, D)
-        c_time = self.time_emb(timestep_embedding(t).to(dtype))  # (B, S, D)
-        c = torch.cat([self.global_emb.expand(B, 1, -1), c_time], dim=1)
-        c = c + self.text_emb(batch.pooled.to(dtype))            # (B, 1 + S, D)
+        c = self._conditioning(batch, t)                         # (B, 1 + S, D)
 
         # 2. Positions and attention mask of the joint sequence [text; video].
         cos, sin = rope_frequencies(batch.ids, cfg.rope_axes, cfg.rope_theta)
@@ -217,9 +218,9 @@ class LCT(nn.Module):
         for block in self.blocks:
             args = (txt, vid, c, txt_group, vid_group, cos, sin, mask)
             if self.grad_checkpointing and torch.is_grad_enabled():
-                txt, vid = checkpoint(block, *args, use_reentrant=False)
+                txt, vid, _ = checkpoint(block, *args, use_reentrant=False)
             else:
-                txt, vid = block(*args)
+                txt, vid, _ = block(*args)
 
         # 4. Video tokens -> patch features -> per-shot latents.
         out = self.final(vid, c, vid_group)                      # (B, Lv, patch_dim)
@@ -231,3 +232,132 @@ class LCT(nn.Module):
                 per_shot.append(unpatchify(tokens, shape, cfg.patch))
             velocities.append(per_shot)
         return velocities
+
+    def _check_t(self, batch: Batch, t: Tensor) -> None:
+        B, S = batch.shot_mask.shape
+        if t.shape != (B, S):
+            raise ValueError(f"t must be (B, S) = {(B, S)} (one timestep per shot), got {tuple(t.shape)}")
+
+    def _conditioning(self, batch: Batch, t: Tensor) -> Tensor:
+        """c (B, 1 + S, D): global_emb or t_emb(t_i), plus text_emb of the group's pooled text."""
+        dtype = self.txt_in.weight.dtype
+        B = t.shape[0]
+        c_time = self.time_emb(timestep_embedding(t).to(dtype))  # (B, S, D)
+        c = torch.cat([self.global_emb.expand(B, 1, -1), c_time], dim=1)
+        return c + self.text_emb(batch.pooled.to(dtype))         # (B, 1 + S, D)
+
+    # --- KV-cache (context-causal only) --------------------------------------------------
+    # In context-causal attention group g sees groups 0..g only, so the keys and values of the
+    # global prompt and of history shots never change while a later shot is denoised. They are
+    # computed once (group by group) and each later group attends [cache; its own tokens].
+
+    @torch.no_grad()
+    def prefill(self, batch: Batch, t: Tensor, groups: int) -> "KVCache":
+        """K/V of groups 0..groups-1 of one scene (group 0 = global prompt, group i = shot i).
+
+        batch: collate([scene]) of a scene holding at least those groups; t (1, S) its shot
+        timesteps (history shots at their conditioning t_c). groups=1 caches the global prompt.
+        """
+        cache = KVCache.empty(len(self.blocks))
+        for _ in range(groups):
+            cache = self.extend_cache(batch, t, cache)
+        return cache
+
+    @torch.no_grad()
+    def extend_cache(self, batch: Batch, t: Tensor, cache: "KVCache") -> "KVCache":
+        """A new cache that also holds group cache.groups of `batch` (computed with t)."""
+        _, kvs = self._cached_group(batch, t, cache, with_output=False)
+        return cache.append(kvs)
+
+    @torch.no_grad()
+    def forward_with_cache(self, batch: Batch, t: Tensor, cache: "KVCache") -> Tensor:
+        """Velocity (C, F, H, W) of shot g = cache.groups (group g) of one scene, attending the cache.
+
+        Same inputs as forward (batch of one scene, t (1, S)); only group g's tokens are
+        computed, and the result equals forward(batch, t)[0][g - 1] with the causal mask.
+        """
+        out, _ = self._cached_group(batch, t, cache, with_output=True)
+        return out
+
+    def _cached_group(
+        self, batch: Batch, t: Tensor, cache: "KVCache", with_output: bool
+    ) -> tuple[Tensor | None, list[tuple[Tensor, Tensor]]]:
+        cfg = self.cfg
+        if cfg.attention != "context_causal":
+            raise ValueError(
+                f"a KV-cache needs attention='context_causal' (got {cfg.attention!r}): in "
+                "bidirectional mode history tokens see the new shot, so their K/V change every "
+                "step; recompute the full scene instead"
+            )
+        self._check_t(batch, t)
+        B, S = batch.shot_mask.shape
+        g = cache.groups
+        if B != 1:
+            raise ValueError(f"the KV-cache holds one scene; got a batch of {B} (call per scene)")
+        if with_output and g == 0:
+            raise ValueError("the cache is empty; prefill at least the global prompt (groups=1) first")
+        if g > S:
+            raise ValueError(
+                f"the cache holds the global prompt and {g - 1} shots but the scene has only {S} "
+                f"shots, so there is no shot {g} to compute; pass a scene with the next shot"
+            )
+        txt_sel, vid_sel = batch.txt_group[0] == g, batch.vid_group[0] == g    # (Lt,), (Lv,)
+        n_past = int((batch.txt_group[0] < g).sum() + (batch.vid_group[0] < g).sum())  # B = 1: no padding
+        if n_past != cache.length:
+            raise ValueError(
+                f"the cache holds {cache.length} tokens but groups 0..{g - 1} of this scene have "
+                f"{n_past}; build the cache from the same global prompt and history shots"
+            )
+
+        # 1. Tokens, positions and conditioning of group g alone (positions from the full scene).
+        Lt = batch.txt.shape[1]
+        dtype = self.txt_in.weight.dtype
+        txt = self.txt_in(batch.txt[:, txt_sel].to(dtype))     # (1, Lt_g, D)
+        vid = self.vid_in(batch.vid[:, vid_sel].to(dtype))     # (1, Lv_g, D)
+        ids = torch.cat([batch.ids[:, :Lt][:, txt_sel], batch.ids[:, Lt:][:, vid_sel]], dim=1)
+        cos, sin = rope_frequencies(ids, cfg.rope_axes, cfg.rope_theta)
+        c = self._conditioning(batch, t)[:, g : g + 1]           # (1, 1, D), local group 0
+        txt_group = torch.zeros(txt.shape[:2], dtype=torch.long, device=txt.device)
+        vid_group = torch.zeros(vid.shape[:2], dtype=torch.long, device=vid.device)
+
+        # 2. Blocks: group g attends [cached groups < g; itself] (no mask needed, B = 1).
+        kvs = []
+        for i, block in enumerate(self.blocks):
+            past = None if g == 0 else (cache.keys[i], cache.values[i])
+            txt, vid, kv = block(txt, vid, c, txt_group, vid_group, cos, sin, None, past)
+            kvs.append(kv)
+        if not with_output:
+            return None, kvs
+
+        # 3. Video tokens -> latent of shot g.
+        out = self.final(vid, c, vid_group)[0]                   # (Lv_g, patch_dim)
+        return unpatchify(out, batch.latent_shapes[0][g - 1], cfg.patch), kvs
+
+
+@dataclass(frozen=True)
+class KVCache:
+    """Per-block keys and values (after QK-norm and RoPE) of groups 0..groups-1 of one scene."""
+
+    keys: tuple[Tensor, ...]         # per block (1, heads, Lc, head_dim)
+    values: tuple[Tensor, ...]
+    groups: int                      # cached groups: 1 (global prompt) + history shots
+    depth: int
+
+    @staticmethod
+    def empty(depth: int) -> "KVCache":
+        return KVCache(keys=(), values=(), groups=0, depth=depth)
+
+    @property
+    def length(self) -> int:
+        """Lc, cached tokens (text and video) per block."""
+        return self.keys[0].shape[2] if self.keys else 0
+
+    def append(self, kvs: list[tuple[Tensor, Tensor]]) -> "KVCache":
+        """A new cache with one more group; kvs: per block (k, v) (1, heads, L_g, head_dim)."""
+        assert len(kvs) == self.depth, (len(kvs), self.depth)
+        if not self.keys:
+            keys, values = tuple(k for k, _ in kvs), tuple(v for _, v in kvs)
+        else:
+            keys = tuple(torch.cat([a, k], dim=2) for a, (k, _) in zip(self.keys, kvs))
+            values = tuple(torch.cat([a, v], dim=2) for a, (_, v) in zip(self.values, kvs))
+        return KVCache(keys, values, self.groups + 1, self.depth)

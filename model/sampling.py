@@ -1,0 +1,202 @@
+"""Rectified-flow sampling of LCT scenes: Euler steps, timestep shift, classifier-free guidance.
+
+Flow convention (training/ uses the same): z_t = (1 - t) z0 + t eps, the model predicts
+v = eps - z0, so dz/dt = v and one Euler step from t to t' < t is z <- z + (t' - t) v; t goes
+from 1 (pure noise) to 0 (clean). The grid is shifted SD3-style, t' = s t / (1 + (s - 1) t),
+so s > 1 spends more steps at high noise.
+
+Null text for classifier-free guidance: every prompt (global and shots) becomes a zero-length
+prompt (0, Dt). This is the same thing as zero features with an all-false mask (collate drops
+masked tokens), so the group keeps no text tokens and its pooled text is the zero vector;
+training's text dropout must produce the same. v = v_null + scale (v_text - v_null).
+
+Modes (all deterministic under SamplerConfig.seed, noise drawn on the CPU generator):
+    joint           every shot starts from noise and shares t.
+    conditioned     shots in `given` are clean latents, re-noised once to t_c (t_c = 0: used
+                    as is), held fixed at timestep t_c while the other shots are denoised.
+    autoregressive  shot by shot: shots < k, re-noised once to t_c, condition shot k. A
+                    context-causal model caches their K/V (LCT.prefill / extend_cache);
+                    otherwise (or use_cache=False) the history is recomputed at every step.
+Scene shots give the prompts and the latent shapes (C, F, H, W); their latent values are
+ignored (pass e.g. torch.zeros(C, F, H, W)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+from torch import Tensor
+
+from .lct import LCT, Batch, Scene, Shot, collate, patchify
+
+Mode = Literal["joint", "conditioned", "autoregressive"]
+MODES: tuple[str, ...] = ("joint", "conditioned", "autoregressive")
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    steps: int = 30          # Euler steps from t = 1 to t = 0
+    shift: float = 1.0       # SD3 timestep shift s (1 = uniform grid)
+    cfg_scale: float = 1.0   # classifier-free guidance; 1 = off (no null-text pass)
+    t_c: float = 0.3         # timestep of conditioning shots (given or history)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"SamplerConfig.steps must be a positive int, got {self.steps!r}")
+        if self.shift <= 0:
+            raise ValueError(f"SamplerConfig.shift must be > 0 (1 = no shift), got {self.shift}")
+        if not 0.0 <= self.t_c < 1.0:
+            raise ValueError(f"SamplerConfig.t_c must be in [0, 1) (0 = clean), got {self.t_c}")
+
+
+def timesteps(steps: int, shift: float = 1.0) -> Tensor:
+    """(steps + 1,) float64 grid from 1 to 0, shifted: t' = s t / (1 + (s - 1) t)."""
+    t = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def null_scene(scene: Scene) -> Scene:
+    """The same scene with every prompt replaced by the null (zero-length) prompt."""
+    empty = scene.global_text.new_zeros(0, scene.global_text.shape[-1])
+    return Scene(global_text=empty, shots=[Shot(text=empty, latent=s.latent) for s in scene.shots])
+
+
+@torch.no_grad()
+def sample(
+    model: LCT,
+    scene: Scene,
+    config: SamplerConfig = SamplerConfig(),
+    mode: Mode = "joint",
+    given: dict[int, Tensor] | None = None,
+    use_cache: bool = True,
+) -> list[Tensor]:
+    """Generate the latents (C, F, H, W) of every shot of `scene`, in shot order.
+
+    given: shot index -> clean latent, for mode="conditioned" (returned unchanged).
+    use_cache: autoregressive mode only; ignored (recompute) when the model is bidirectional.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    given = dict(given or {})
+    if given and mode != "conditioned":
+        raise ValueError(f"given shots {sorted(given)} need mode='conditioned', got mode={mode!r}")
+    for i, latent in given.items():
+        if not 0 <= i < len(scene.shots):
+            raise ValueError(f"given shot {i}: the scene has shots 0..{len(scene.shots) - 1}")
+        if latent.shape != scene.shots[i].latent.shape:
+            raise ValueError(
+                f"given shot {i}: the latent must have the shot's shape "
+                f"{tuple(scene.shots[i].latent.shape)}, got {tuple(latent.shape)}"
+            )
+    if mode == "autoregressive":
+        return _sample_autoregressive(model, scene, config, use_cache)
+    return _sample_scene(model, scene, config, given)
+
+
+Velocity = Callable[[float, dict[int, Tensor]], dict[int, Tensor]]
+
+
+def _euler(config: SamplerConfig, z: dict[int, Tensor], velocity: Velocity) -> dict[int, Tensor]:
+    """Integrate the free shots z from t = 1 to 0; velocity(t, z) -> v for the same shots."""
+    ts = timesteps(config.steps, config.shift).tolist()
+    for t, t_next in zip(ts[:-1], ts[1:]):
+        v = velocity(t, z)
+        z = {i: z[i] + (t_next - t) * v[i].to(z[i].dtype) for i in z}
+    return z
+
+
+def _guide(outs: list[Tensor], scale: float) -> Tensor:
+    """outs = [v_text] or [v_text, v_null] -> guided velocity."""
+    return outs[0] if len(outs) == 1 else outs[1] + scale * (outs[0] - outs[1])
+
+
+def _branches(model: LCT, scene: Scene, config: SamplerConfig) -> list[Batch]:
+    """One collated batch per guidance branch: [text] or [text, null text]."""
+    device = next(model.parameters()).device
+    scenes = [scene] if config.cfg_scale == 1.0 else [scene, null_scene(scene)]
+    return [collate([s], model.cfg).to(device) for s in scenes]
+
+
+def _put(batch: Batch, shot: int, latent: Tensor, patch: tuple[int, int, int]) -> None:
+    """Write shot `shot`'s latent (C, F, H, W) into the video tokens of a one-scene batch."""
+    assert latent.shape == batch.latent_shapes[0][shot], (latent.shape, batch.latent_shapes[0][shot])
+    batch.vid[0, batch.vid_group[0] == shot + 1] = patchify(latent, patch).to(batch.vid.dtype)
+
+
+def _noise(shape: torch.Size, gen: torch.Generator, device: torch.device) -> Tensor:
+    return torch.randn(shape, generator=gen).to(device)
+
+
+def _sample_scene(model: LCT, scene: Scene, config: SamplerConfig, given: dict[int, Tensor]) -> list[Tensor]:
+    """Joint / conditioned: one Euler loop over the whole scene, given shots held at t_c."""
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(config.seed)
+    noise = [_noise(s.latent.shape, gen, device) for s in scene.shots]  # one per shot, in order
+    S, patch = len(scene.shots), model.cfg.patch
+    free = [i for i in range(S) if i not in given]
+    batches = _branches(model, scene, config)
+    for i, x0 in given.items():                                  # re-noise once, then fixed
+        fixed = (1 - config.t_c) * x0.to(device) + config.t_c * noise[i]
+        for batch in batches:
+            _put(batch, i, fixed, patch)
+    t_vec = torch.full((1, S), config.t_c, device=device)       # (1, S), free shots set per step
+
+    def velocity(t: float, z: dict[int, Tensor]) -> dict[int, Tensor]:
+        t_vec[0, free] = t
+        for batch in batches:
+            for i in free:
+                _put(batch, i, z[i], patch)
+        outs = [model(batch, t_vec)[0] for batch in batches]     # per branch: S velocities
+        return {i: _guide([o[i] for o in outs], config.cfg_scale) for i in free}
+
+    z = _euler(config, {i: noise[i] for i in free}, velocity)
+    return [given[i].clone() if i in given else z[i] for i in range(S)]
+
+
+def _sample_autoregressive(model: LCT, scene: Scene, config: SamplerConfig, use_cache: bool) -> list[Tensor]:
+    """Shot k is denoised with shots < k (re-noised to t_c) as fixed history."""
+    device = next(model.parameters()).device
+    cached = use_cache and model.cfg.attention == "context_causal"
+    gen = torch.Generator().manual_seed(config.seed)
+    S, patch = len(scene.shots), model.cfg.patch
+    clean: list[Tensor] = []
+    history: list[Tensor] = []                                   # shots < k, re-noised to t_c
+    caches = None
+    for k in range(S):
+        # 1. The scene up to shot k: history shots at t_c (re-noised in step 3), shot k from noise.
+        noise = _noise(scene.shots[k].latent.shape, gen, device)
+        prefix = Scene(scene.global_text, scene.shots[: k + 1], scene.global_mask)
+        batches = _branches(model, prefix, config)
+        for batch in batches:
+            for j in range(k):
+                _put(batch, j, history[j], patch)
+        t_vec = torch.full((1, k + 1), config.t_c, device=device)
+        if cached and caches is None:                            # the global prompt, once
+            caches = [model.prefill(batch, t_vec, groups=1) for batch in batches]
+
+        # 2. Denoise shot k.
+        def velocity(t: float, z: dict[int, Tensor]) -> dict[int, Tensor]:
+            t_vec[0, k] = t
+            outs = []
+            for b, batch in enumerate(batches):
+                _put(batch, k, z[k], patch)
+                outs.append(model.forward_with_cache(batch, t_vec, caches[b]) if cached
+                            else model(batch, t_vec)[0][k])
+            return {k: _guide(outs, config.cfg_scale)}
+
+        clean.append(_euler(config, {k: noise}, velocity)[k])
+        if k == S - 1:
+            break
+
+        # 3. Re-noise shot k to t_c once; it is history from now on (cached if causal).
+        noisy = (1 - config.t_c) * clean[k] + config.t_c * _noise(clean[k].shape, gen, device)
+        history.append(noisy)
+        if cached:
+            t_vec[0, k] = config.t_c
+            for batch in batches:
+                _put(batch, k, noisy, patch)
+            caches = [model.extend_cache(batch, t_vec, c) for batch, c in zip(batches, caches)]
+    return clean
