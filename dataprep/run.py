@@ -187,6 +187,13 @@ class _Film:
     outcome: Outcome | None = None
 
 
+def similarity_method(choice: str, embed_info: dict) -> str:
+    """`auto` = CLIP cosine only when the embedder loaded pretrained weights (random CLIP says nothing)."""
+    if choice != "auto":
+        return choice
+    return "histogram" if embed_info.get("random_init", True) else "clip"
+
+
 def _previous_embed_info(out_dir: Path) -> dict:
     path = out_dir / "dataset.json"
     return json.loads(path.read_text()).get("embed", {}) if path.exists() else {}
@@ -231,9 +238,7 @@ def curate(
         ref, i = embedders.call("describe")
         embed_info = ray.get(ref)
         embedders.release(i)
-    method = cfg.scenes.similarity
-    if method == "auto":
-        method = "clip" if embed_info.get("pretrained_loaded") else "histogram"
+    method = similarity_method(cfg.scenes.similarity, embed_info)
     vlm = cfg.caption.vlm
     api_key = os.environ.get(vlm.api_key_env) if vlm and vlm.api_key_env else None  # to the actors, never logged
     captioners = _Pool(lambda: caption_actor.remote(cfg.caption, api_key), cfg.ray.caption_actors)

@@ -17,7 +17,7 @@ import ray
 import webdataset as wds
 
 from dataprep.config import CurateConfig
-from dataprep.run import CurateFailed, curate
+from dataprep.run import CurateFailed, curate, similarity_method
 from dataprep.scenes import adjusted_rand_index
 from dataprep.synthetic import SynthConfig, load_truth, make_films
 
@@ -324,3 +324,15 @@ def test_a_killed_worker_is_retried_and_the_run_completes(ray_local, synth_films
     clean = curate([str(synth_films)], tmp_path / "c", fast_config())
     assert clean.counts["ok"] == 3
     assert sorted(_scene_samples(tmp_path / "k")) == sorted(_scene_samples(tmp_path / "c"))
+
+
+def test_auto_similarity_uses_clip_only_with_pretrained_weights():
+    """The embed actor describes itself as {random_init: bool, ...} (dataprep.embed)."""
+    from dataprep.config import EmbedConfig
+    from dataprep.embed import ClipEmbedder
+
+    described = ClipEmbedder(EmbedConfig(model="ViT-S-32-alt")).description
+    assert similarity_method("auto", described) == "histogram"  # random init: colour histograms
+    assert similarity_method("auto", dict(described, random_init=False)) == "clip"
+    assert similarity_method("auto", {}) == "histogram"  # nothing known: no CLIP
+    assert similarity_method("clip", described) == "clip"  # an explicit choice stands
