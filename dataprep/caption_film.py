@@ -41,9 +41,8 @@ def sidecar_only(result: FilmResult, scenes: list[list[int]]) -> tuple[list, lis
     return shots, sources, globals_
 
 
-def needs_model(result: FilmResult, scenes: list[list[int]]) -> bool:
-    """True when the sidecar leaves a shot caption or a scene caption missing."""
-    shots, _, globals_ = sidecar_only(result, scenes)
+def has_gaps(shots: list, globals_: list) -> bool:
+    """True when a shot caption or a scene caption is still missing (None)."""
     return any(s is None for s in shots) or any(g is None for g in globals_)
 
 
@@ -61,7 +60,6 @@ class FilmCaptioner:
         self.cfg = cfg
         self.vlm = VLMCaptioner(cfg.vlm, api_key) if cfg.vlm is not None else None
         self._coca: CocaCaptioner | None = None
-        self.vlm_failures = 0
 
     @property
     def coca(self) -> CocaCaptioner | None:

@@ -32,7 +32,7 @@ import yaml
 from ray.util import metrics
 
 from dataprep import manifest
-from dataprep.caption_film import FilmCaptioner, finish, needs_model, sidecar_only
+from dataprep.caption_film import FilmCaptioner, finish, has_gaps, sidecar_only
 from dataprep.config import CurateConfig, RayConfig
 from dataprep.embed import ClipEmbedder
 from dataprep.film import FilmResult, process_film
@@ -303,12 +303,13 @@ def curate(
             starts = [s.start_frame / result.fps for s in kept]
             ends = [s.end_frame / result.fps for s in kept]
             film.scenes = group_scenes(starts, ends, features, method, cfg.scenes)
-            if needs_model(result, film.scenes) and (cfg.caption.vlm is not None or cfg.caption.coca):
+            from_sidecar = sidecar_only(result, film.scenes)
+            if has_gaps(from_sidecar[0], from_sidecar[2]) and (cfg.caption.vlm is not None or cfg.caption.coca):
                 film.stage = "caption"
                 film.ref, i = captioners.call("caption", result, film.scenes)
                 film.pool = (captioners, i)
                 return
-            value = (finish(*sidecar_only(result, film.scenes), film.scenes), 0)
+            value = (finish(*from_sidecar, film.scenes), 0)
         captions, vlm_failed = value
         vlm_failures += vlm_failed
         caption_sources.update(captions.sources)

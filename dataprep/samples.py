@@ -103,45 +103,39 @@ def build_film(
         mp4s = [result.clips[k].mp4 for k in scene]
         samples.append(encode_sample(sid, json.dumps(meta, sort_keys=True).encode(), mp4s, npy_bytes(clip)))
 
-    rows = []
     kept_index = {id(s): k for k, s in enumerate(kept)}
+    rows = []
     for n, span in enumerate(result.spans):
-        k = kept_index.get(id(span))
-        where = placed.get(k) if k is not None else None
-        reason = span.drop_reason or (None if where else "scene_too_small")
-        rows.append(
-            {
-                "film_id": result.film_id,
-                "scene_id": where[0] if where else None,
-                "shot_index": where[1] if where else None,
-                "film_shot_index": n,
-                "detected_shot": span.parent_shot,
-                "start_frame": span.start_frame,
-                "end_frame": span.end_frame,
-                "start_s": span.start_frame / fps,
-                "end_s": span.end_frame / fps,
-                "caption": captions.shots[k] if k is not None else None,
-                "caption_source": captions.sources[k] if k is not None else None,
-                "clip": embeddings[k].astype(np.float32).tolist() if k is not None else None,
-                "shard": None,
-                "kept": where is not None,
-                "drop_reason": reason,
-            }
-        )
+        k = kept_index.get(id(span))  # None: dropped by the filters
+        caption = None if k is None else (captions.shots[k], captions.sources[k], embeddings[k])
+        rows.append(shot_row(result, n, span, placed.get(k), caption))
     n_shots = sum(1 for r in rows if r["kept"])
     return FilmEntry(samples, film_row(result, "ok", None, n_shots, len(samples)), rows)
 
 
+def shot_row(result: FilmResult, n: int, span, placed: tuple[str, int] | None = None, caption=None) -> dict:
+    """The shots.parquet row of candidate shot n: `placed` = (scene_id, shot_index) when written into a
+    scene, `caption` = (text, source, clip embedding) when it was kept by the filters."""
+    text, source, clip = caption if caption is not None else (None, None, None)
+    return {
+        "film_id": result.film_id,
+        "scene_id": placed[0] if placed else None,
+        "shot_index": placed[1] if placed else None,
+        "film_shot_index": n,
+        "detected_shot": span.parent_shot,
+        "start_frame": span.start_frame,
+        "end_frame": span.end_frame,
+        "start_s": span.start_frame / result.fps,
+        "end_s": span.end_frame / result.fps,
+        "caption": text,
+        "caption_source": source,
+        "clip": clip.astype(np.float32).tolist() if clip is not None else None,
+        "shard": None,
+        "kept": placed is not None,
+        "drop_reason": span.drop_reason or (None if placed else "scene_too_small"),
+    }
+
+
 def dropped_rows(result: FilmResult) -> list[dict]:
     """Shot rows of a film that wrote no scene: every candidate shot with why it was not kept."""
-    fps = result.fps
-    return [
-        {
-            "film_id": result.film_id, "scene_id": None, "shot_index": None, "film_shot_index": n,
-            "detected_shot": span.parent_shot, "start_frame": span.start_frame, "end_frame": span.end_frame,
-            "start_s": span.start_frame / fps, "end_s": span.end_frame / fps, "caption": None,
-            "caption_source": None, "clip": None, "shard": None, "kept": False,
-            "drop_reason": span.drop_reason or "scene_too_small",
-        }
-        for n, span in enumerate(result.spans)
-    ]
+    return [shot_row(result, n, span) for n, span in enumerate(result.spans)]
