@@ -71,6 +71,10 @@ class CurateSummary:
     wall_s: float = 0.0
 
 
+class CurateUsageError(ValueError):
+    """The request cannot run as given (e.g. more CPUs per film than the cluster has); nothing was curated."""
+
+
 class CurateFailed(RuntimeError):
     """The run finished but failed its failure-rate policy; the outputs written are valid."""
 
@@ -230,7 +234,7 @@ def curate(
         on_status(f"{len(todo)} films to curate, {skipped_done} already done; Ray dashboard: {dashboard or 'n/a'}")
     cpus = ray.cluster_resources().get("CPU", 0)
     if cfg.ray.film_cpus > cpus:
-        raise ValueError(f"ray.film_cpus={cfg.ray.film_cpus} but the Ray cluster has only {cpus} CPUs")
+        raise CurateUsageError(f"ray.film_cpus={cfg.ray.film_cpus} but the Ray cluster has only {cpus} CPUs")
     film_task, embed_actor, caption_actor = _stages(cfg)
     embedders = _Pool(lambda: embed_actor.remote(cfg.embed), cfg.ray.embed_actors)
     embed_info = _previous_embed_info(out_dir)

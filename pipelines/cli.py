@@ -93,7 +93,7 @@ def curate(
 ):
     """Curate films into WebDataset scene shards + a Parquet manifest (on Ray)."""
     from dataprep.config import CurateConfig
-    from dataprep.run import CurateFailed, curate as run_curate
+    from dataprep.run import CurateFailed, CurateUsageError, curate as run_curate
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     cfg = _load_config(
@@ -113,7 +113,7 @@ def curate(
                     bar.console.print(f"[yellow]failed[/yellow] {outcome.uri}: {outcome.reason}")
 
             summary = run_curate(inputs, out, cfg, on_film=on_film, on_status=bar.console.print)
-    except (FileNotFoundError, ValueError) as e:  # inputs that match nothing, resources the cluster lacks
+    except (FileNotFoundError, CurateUsageError) as e:  # inputs that match nothing, resources the cluster lacks
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     except CurateFailed as e:

@@ -41,3 +41,14 @@ def test_missing_config_file_and_missing_inputs_exit_2(tmp_path):
 def test_inspect_of_a_non_dataset_exits_2(tmp_path):
     result = run("inspect", str(tmp_path))
     assert result.returncode == 2 and "dataset.json" in result.stderr
+
+
+def test_more_cpus_per_film_than_the_cluster_has_exits_2(tmp_path, shared_data):
+    cfg = tmp_path / "curate.yaml"
+    cfg.write_text("ray: {film_cpus: 4}\n")
+    out = tmp_path / "out"
+    result = run("curate", str(shared_data / "counter.mp4"), "--out", str(out), "--config", str(cfg), "--num-cpus", "1",
+                 env=dict(os.environ, RAY_ADDRESS=""))
+    assert result.returncode == 2, result.stderr
+    assert "film_cpus=4" in result.stderr and "only 1.0 CPUs" in result.stderr
+    assert not list((out / "shards").glob("*.tar"))
