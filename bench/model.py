@@ -43,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from model import LCT, PRESETS, Batch, LCTConfig, Scene, Shot, collate  # noqa: E402
 from model.lct import attention_mask  # noqa: E402
+from training.metrics import train_step_flops  # noqa: E402
 
 REPEATS = 3
 
@@ -93,23 +94,6 @@ def make_scene(cfg: LCTConfig, frames: list[int], text_tokens: int = 16, size: i
     text = lambda: torch.randn(text_tokens, cfg.text_dim)  # noqa: E731
     shots = [Shot(text(), torch.randn(cfg.latent_channels, f, size, size)) for f in frames]
     return Scene(global_text=text(), shots=shots)
-
-
-def train_step_flops(cfg: LCTConfig, batch: Batch) -> int:
-    """Analytic FLOPs of forward + backward: 2 x MACs of every matmul, backward = 2 x forward."""
-    B, Lt, Lv = batch.txt.shape[0], batch.txt.shape[1], batch.vid.shape[1]
-    G = batch.pooled.shape[1]                                    # 1 + S groups per scene
-    D, hidden, L = cfg.width, int(cfg.width * cfg.mlp_ratio), Lt + Lv
-    macs = Lt * cfg.text_dim * D + Lv * cfg.patch_dim * D        # txt_in, vid_in
-    macs += (G - 1) * (256 * D + D * D) + G * (cfg.text_dim * D + D * D)  # t and pooled-text MLPs
-    for i in range(cfg.depth):
-        for n, pre_only in ((Lt, i == cfg.depth - 1), (Lv, False)):
-            macs += G * D * (2 if pre_only else 6) * D + n * D * 3 * D   # adaLN, QKV
-            if not pre_only:
-                macs += n * D * D + 2 * n * D * hidden           # out proj, MLP
-        macs += 2 * L * L * D                                    # QK^T and AV, all heads
-    macs += G * D * 2 * D + Lv * D * cfg.patch_dim               # final adaLN + linear
-    return 3 * 2 * B * macs
 
 
 def bench_train_step(peak: float) -> None:

@@ -1,0 +1,233 @@
+"""Typed configuration of `lct train`, and the DeepSpeed JSON generated from it.
+
+One pydantic tree (unknown keys are errors), loadable from YAML, saved whole to
+`RUN/config.yaml`. Each part of the trainer takes only its own section. Batch sizes live in
+one place (`optim.micro_batch`, `optim.grad_accum`, `engine.workers`): `deepspeed_config`
+derives the DeepSpeed JSON from them, and `RUN/deepspeed.json` is what the engine used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from model import PRESETS, LCTConfig, LatentCodecConfig, TextEncoderConfig
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSection(_Strict):
+    """The LCT architecture: a preset from model.PRESETS plus field overrides."""
+
+    preset: str = Field("lct-small", description=f"One of {sorted(PRESETS)}.")
+    overrides: dict = Field(default_factory=dict, description="LCTConfig fields to change, e.g. {depth: 2}.")
+    attention: Literal["bidirectional", "context_causal"] = Field(
+        "bidirectional", description="context_causal = the paper's causal fine-tune (start it with init_from)."
+    )
+    grad_checkpointing: bool = Field(False, description="Recompute block activations in backward (less memory).")
+    init_from: str | None = Field(
+        None, description="Start from the weights of a run dir or export dir (e.g. the bidirectional run)."
+    )
+
+    @model_validator(mode="after")
+    def _known_preset(self) -> "ModelSection":
+        if self.preset not in PRESETS:
+            raise ValueError(f"model.preset={self.preset!r} is not a preset; choose one of {sorted(PRESETS)}")
+        self.lct()  # validates the overrides with LCTConfig's own checks
+        return self
+
+    def lct(self) -> LCTConfig:
+        base = PRESETS[self.preset]
+        unknown = sorted(set(self.overrides) - set(LCTConfig.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"model.overrides has unknown LCTConfig fields {unknown}")
+        fields = dict(self.overrides)
+        if "patch" in fields:
+            fields["patch"] = tuple(fields["patch"])
+        return base.with_(**fields, attention=self.attention, grad_checkpointing=self.grad_checkpointing)
+
+
+class DataSection(_Strict):
+    """Scenes from `lct curate` shards, decoded and encoded on the fly."""
+
+    dataset: str = Field("", description="Curated dataset dir (holds shards/ and dataset.json).")
+    frames: int = Field(8, ge=1, description="Video frames taken from each shot.")
+    fps: float = Field(8.0, gt=0, description="Frame rate the frames are taken at.")
+    size: tuple[int, int] = Field((32, 32), description="(H, W) frames are resized (cover + crop) to.")
+    max_shots: int | None = Field(None, ge=1, description="Longest scene window; default = the model's max_shots.")
+    shuffle_buffer: int = Field(64, ge=1, description="Scenes in the shuffle buffer of each rank.")
+    holdout: int = Field(0, ge=0, description="Scenes held out for evaluation (training.data.heldout_keys).")
+    prefetch: int = Field(4, ge=1, description="Decoded scenes queued ahead of the step by a background thread.")
+    text_kind: Literal["minilm", "open_clip", "t5"] = Field("minilm", description="Text encoder (model/text.py).")
+    text_path: str | None = Field(None, description="Local weights of the text encoder (default: packaged MiniLM).")
+    text_max_tokens: int = Field(77, ge=2, description="Prompt tokens kept.")
+    codec: Literal["pixel", "vae"] = Field("pixel", description="Latent codec: pixel space or a Wan VAE.")
+    codec_path: str | None = Field(None, description="Local diffusers dir of the VAE (codec=vae).")
+
+    def text_config(self) -> TextEncoderConfig:
+        return TextEncoderConfig(kind=self.text_kind, path=self.text_path, max_tokens=self.text_max_tokens)
+
+    def codec_config(self) -> LatentCodecConfig:
+        return LatentCodecConfig(kind=self.codec, size=tuple(self.size), path=self.codec_path)
+
+
+class RecipeSection(_Strict):
+    """The LCT training recipe."""
+
+    timesteps: Literal["async", "sync"] = Field(
+        "async", description="async: every shot draws its own t (LCT); sync: one t per scene (ablation)."
+    )
+    logit_mean: float = Field(0.0, description="m of the logit-normal t = sigmoid(m + s * N(0, 1)).")
+    logit_std: float = Field(1.0, gt=0, description="s of the logit-normal.")
+    image_prob: float = Field(0.1, ge=0, le=1, description="Chance a shot is replaced by one of its frames.")
+    single_shot_prob: float = Field(0.1, ge=0, le=1, description="Chance a sample is one shot of its scene.")
+    text_dropout: float = Field(0.1, ge=0, le=1, description="Chance all prompts of a scene are dropped (CFG).")
+
+
+class OptimSection(_Strict):
+    lr: float = Field(3e-4, gt=0, description="Peak AdamW learning rate.")
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps, then cosine decay.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine ends at lr * min_lr_ratio.")
+    grad_clip: float = Field(1.0, ge=0, description="Gradient norm clipping (0 = off).")
+    micro_batch: int = Field(1, ge=1, description="Scenes per worker per forward.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    ema: float | None = Field(None, gt=0, lt=1, description="EMA decay of the weights (None = off); exported if on.")
+
+
+class EngineSection(_Strict):
+    """DeepSpeed and Ray Train."""
+
+    zero_stage: Literal[1, 2, 3] = Field(2, description="ZeRO stage.")
+    offload_optimizer: bool = Field(False, description="Optimizer states on CPU (DeepSpeedCPUAdam).")
+    offload_params: bool = Field(False, description="Parameters on CPU (ZeRO-3 only).")
+    precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 on CUDA, fp32 on CPU.")
+    workers: int = Field(2, ge=1, description="Training processes (Ray Train workers).")
+    gpus_per_worker: int = Field(0, ge=0, le=1, description="1 = CUDA + NCCL, 0 = CPU + gloo.")
+    cpus_per_worker: int = Field(1, ge=1, description="CPUs reserved per worker (and torch threads).")
+    ray_address: str | None = Field(None, description="Ray cluster to join (default: RAY_ADDRESS, else local).")
+    max_failures: int = Field(2, ge=0, description="Worker-group restarts from the last checkpoint.")
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.gpus_per_worker else "cpu"
+
+    @property
+    def dtype(self) -> torch.dtype:
+        if self.precision == "auto":
+            return torch.bfloat16 if self.gpus_per_worker else torch.float32
+        return torch.bfloat16 if self.precision == "bf16" else torch.float32
+
+
+class ScheduleSection(_Strict):
+    steps: int = Field(200, ge=1, description="Optimizer steps in total (a resumed run continues to this).")
+    log_every: int = Field(1, ge=1, description="Steps between metric reports.")
+    checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints (one is always written at the end).")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept (older ones are deleted).")
+    sample_every: int = Field(0, ge=0, description="Steps between validation samples (0 = only at the end).")
+    sample_steps: int = Field(10, ge=1, description="Euler steps of the validation sample.")
+    seed: int = Field(0, description="Seeds data order, augmentation, timesteps and noise.")
+
+
+class TrainConfig(_Strict):
+    data: DataSection = DataSection()
+    model: ModelSection = ModelSection()
+    recipe: RecipeSection = RecipeSection()
+    optim: OptimSection = OptimSection()
+    engine: EngineSection = EngineSection()
+    schedule: ScheduleSection = ScheduleSection()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        lct, data, engine = self.model.lct(), self.data, self.engine
+        if data.max_shots is not None and data.max_shots > lct.max_shots:
+            raise ValueError(
+                f"data.max_shots={data.max_shots} exceeds the model's max_shots={lct.max_shots} "
+                f"({self.model.preset}); lower data.max_shots or set model.overrides.max_shots"
+            )
+        p_t, p_h, p_w = lct.patch
+        h, w = data.size
+        if data.codec == "pixel" and (h % p_h or w % p_w or data.frames % p_t):
+            raise ValueError(
+                f"data.size={data.size} and data.frames={data.frames} must be multiples of the patch "
+                f"(p_t, p_h, p_w)={lct.patch} of {self.model.preset}"
+            )
+        if data.codec == "pixel" and lct.latent_channels != 3:
+            raise ValueError(
+                f"codec=pixel gives 3 latent channels but {self.model.preset} expects "
+                f"{lct.latent_channels}; use codec=vae with a VAE of that many channels"
+            )
+        if engine.zero_stage == 3 and self.optim.ema is not None:
+            raise ValueError("optim.ema needs the full weights on every rank: use zero_stage 1 or 2, or ema: null")
+        if engine.offload_params and engine.zero_stage != 3:
+            raise ValueError(f"engine.offload_params needs zero_stage 3, got zero_stage {engine.zero_stage}")
+        if engine.precision == "bf16" and not engine.gpus_per_worker:
+            raise ValueError("engine.precision=bf16 is for CUDA workers; on CPU use fp32 (or precision auto)")
+        return self
+
+    @property
+    def max_shots(self) -> int:
+        return self.data.max_shots or self.model.lct().max_shots
+
+
+def load_yaml(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"training config {path} not found")
+    return TrainConfig.model_validate(yaml.safe_load(path.read_text()) or {})
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
+    """The DeepSpeed JSON for this config at this world size (the only place batch sizes combine)."""
+    optim, engine = cfg.optim, cfg.engine
+    zero: dict = {"stage": engine.zero_stage, "overlap_comm": bool(engine.gpus_per_worker)}
+    if engine.zero_stage >= 2:
+        zero |= {"contiguous_gradients": True, "reduce_scatter": True}
+    if engine.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": bool(engine.gpus_per_worker)}
+    if engine.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": bool(engine.gpus_per_worker)}
+    if engine.zero_stage == 3:
+        zero |= {"stage3_gather_16bit_weights_on_model_save": False}
+    steps = cfg.schedule.steps
+    return {
+        "train_batch_size": optim.micro_batch * optim.grad_accum * world_size,
+        "train_micro_batch_size_per_gpu": optim.micro_batch,
+        "gradient_accumulation_steps": optim.grad_accum,
+        "gradient_clipping": optim.grad_clip,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": optim.lr, "betas": list(optim.betas), "eps": 1e-8, "weight_decay": optim.weight_decay,
+                # on CPU use torch's AdamW (no C++ build); on CUDA DeepSpeed's fused kernel
+                "torch_adam": not engine.gpus_per_worker and not engine.offload_optimizer,
+            },
+        },
+        "scheduler": {
+            "type": "WarmupCosineLR",
+            "params": {
+                "total_num_steps": max(steps, optim.warmup_steps + 1),
+                "warmup_num_steps": optim.warmup_steps,
+                "warmup_min_ratio": 0.0,
+                "cos_min_ratio": optim.min_lr_ratio,
+                "warmup_type": "linear",
+            },
+        },
+        "zero_optimization": zero,
+        "bf16": {"enabled": engine.dtype == torch.bfloat16},
+        "fp16": {"enabled": False},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": True,
+    }

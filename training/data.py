@@ -1,0 +1,301 @@
+"""Training scenes from the WebDataset shards of `lct curate`: deterministic, resumable, counted.
+
+    stream = SceneStream(dataset_dir, rank, world, seed, holdout=2)     # raw samples, endless
+    loader = SceneLoader(stream, cfg, text_encoder, codec)              # model-ready scenes
+    for scenes in loader.batches(micro_batch): ...                      # list[TrainScene]
+    loader.position                                                     # {"epoch", "index"}: resume point
+
+1. Order. Epoch e shuffles the shard list with (seed, e); a rank reads every world-th shard
+   (or, with fewer shards than ranks, every world-th sample) through a shuffle buffer seeded
+   with (seed, e, rank). The stream is endless: epoch e + 1 follows epoch e.
+2. Resume. `position` counts samples handed out in the current epoch; a stream started at a
+   position regenerates that epoch and skips the samples already used (tar reads, no decode).
+3. Augmentation is a pure function of (seed, epoch, scene key): the window of <= max_shots
+   shots, the single-shot sample, each shot's time window, the shot replaced by one of its
+   frames, and the dropped prompts (classifier-free guidance). Nothing depends on global RNG.
+4. Bad samples (unreadable tar members, missing json or shot mp4, undecodable video) are
+   skipped and counted in `loader.skipped`; they never stop the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import random
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import webdataset as wds
+from torch import Tensor
+
+from model import Scene, Shot, TextEncoder
+from model.latents import LatentCodec
+
+from .config import DataSection, RecipeSection
+from .inference import shot_prompt
+from .video import ClipError, fit, read_frames, window_indices
+
+log = logging.getLogger(__name__)
+
+
+class DatasetError(ValueError):
+    """The dataset dir cannot be trained on (missing, empty, or not written by `lct curate`)."""
+
+
+class CorruptSample(ValueError):
+    """One scene sample is unusable; it is skipped and counted."""
+
+
+# -- the dataset on disk -------------------------------------------------------------------
+def shard_paths(dataset: str | Path) -> list[Path]:
+    """The shards of a curated dataset, with teaching errors for the wrong kind of directory."""
+    root = Path(dataset)
+    if not root.is_dir():
+        raise DatasetError(f"dataset dir {root} does not exist; point --data at the --out of `lct curate`")
+    shards = sorted((root / "shards").glob("*.tar"))
+    if not shards:
+        found = sorted(p.name for p in root.iterdir())[:8]
+        raise DatasetError(
+            f"{root} has no shards/*.tar (it holds {found or 'nothing'}); "
+            "expected the output dir of `lct curate` (shards/, manifest/, dataset.json)"
+        )
+    return shards
+
+
+def check_layout(dataset: str | Path) -> dict:
+    """Read the first sample and check it has the scene layout; returns its json. Raises DatasetError."""
+    for path in shard_paths(dataset):
+        for sample in _tar_samples(str(path), wds.reraise_exception):
+            meta = _meta(sample)
+            missing = [f"{i:03d}.mp4" for i in range(len(meta.get("shots", []))) if f"{i:03d}.mp4" not in sample]
+            if "shots" not in meta or "global_caption" not in meta or missing or not meta["shots"]:
+                raise DatasetError(
+                    f"{path} sample {sample.get('__key__')!r} is not an LCT scene sample: it needs json with "
+                    f"global_caption and shots[], and one NNN.mp4 per shot (missing {missing[:3]}, "
+                    f"json keys {sorted(meta)[:8]}); was it written by `lct curate`?"
+                )
+            return meta
+    raise DatasetError(f"the shards of {dataset} hold no samples")
+
+
+def heldout_keys(dataset: str | Path, n: int) -> list[str]:
+    """The n scenes held out from training for evaluation: the n smallest sha1(scene_id), sorted.
+
+    Deterministic, independent of shard order, and spread over films. Read from the manifest.
+    """
+    if n <= 0:
+        return []
+    table = pq.read_table(Path(dataset) / "manifest" / "shots.parquet", columns=["scene_id", "kept"])
+    keys = {s for s, kept in zip(table["scene_id"].to_pylist(), table["kept"].to_pylist()) if kept and s}
+    ranked = sorted(keys, key=lambda k: hashlib.sha1(k.encode()).hexdigest())
+    return sorted(ranked[:n])
+
+
+def _meta(sample: dict) -> dict:
+    try:
+        return json.loads(sample["json"])
+    except (KeyError, ValueError) as err:
+        raise CorruptSample(f"sample {sample.get('__key__')!r} has no readable json: {err!r}") from err
+
+
+def _tar_samples(url: str, handler) -> Iterator[dict]:
+    from webdataset import tariterators as tar
+
+    stream = tar.url_opener([{"url": url}], handler=handler)
+    return tar.group_by_keys(tar.tar_file_expander(stream, handler=handler), handler=handler)
+
+
+# -- 1 + 2: the deterministic, resumable raw sample stream ------------------------------------
+class SceneStream:
+    """Endless raw scene samples for one rank; see the module docstring for the order."""
+
+    def __init__(
+        self, dataset: str | Path, rank: int = 0, world: int = 1, seed: int = 0,
+        shuffle_buffer: int = 64, holdout: int = 0,
+    ):
+        self.shards = [str(p) for p in shard_paths(dataset)]
+        self.rank, self.world, self.seed, self.buffer = rank, world, seed, shuffle_buffer
+        self.exclude = set(heldout_keys(dataset, holdout))
+        self.errors = 0                                     # tar-level problems skipped
+
+    def _on_error(self, err: Exception) -> bool:
+        self.errors += 1
+        log.warning("skipping unreadable shard data: %r", err)
+        return True
+
+    def epoch(self, e: int) -> Iterator[dict]:
+        order = list(self.shards)
+        random.Random(f"{self.seed}-{e}").shuffle(order)
+        by_shard = len(order) >= self.world
+        mine = order[self.rank :: self.world] if by_shard else order
+        rng = random.Random(f"{self.seed}-{e}-{self.rank}")
+        buf: list[dict] = []
+        n = 0
+        for url in mine:
+            for sample in _tar_samples(url, self._on_error):
+                if sample.get("__key__") in self.exclude:
+                    continue
+                n += 1
+                if not by_shard and (n - 1) % self.world != self.rank:
+                    continue
+                sample["__epoch__"] = e
+                buf.append(sample)
+                if len(buf) >= self.buffer:
+                    yield buf.pop(rng.randrange(len(buf)))
+        while buf:
+            yield buf.pop(rng.randrange(len(buf)))
+
+    def from_position(self, epoch: int = 0, index: int = 0) -> Iterator[tuple[int, int, dict]]:
+        """(epoch, index in epoch, sample) from a resume point on, forever."""
+        while True:
+            produced = 0
+            for i, sample in enumerate(self.epoch(epoch)):
+                produced += 1
+                if i >= index:
+                    yield epoch, i, sample
+            if produced == 0:
+                raise DatasetError(
+                    f"rank {self.rank} got no training scenes from {len(self.shards)} shards "
+                    f"({len(self.exclude)} held out); curate more films or lower data.holdout"
+                )
+            epoch, index = epoch + 1, 0
+
+
+# -- 3: augmentation (pure functions of the sample and its rng) ------------------------------
+@dataclass
+class Prepared:
+    """A scene after windowing and decoding, before encoding."""
+
+    key: str
+    global_caption: str
+    captions: list[str]
+    videos: list[np.ndarray]          # per shot (F, H, W, 3) uint8; F = 1 for an image shot
+    drop_text: bool
+
+
+def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
+    return np.random.default_rng([seed, epoch, zlib.crc32(key.encode())])
+
+
+def prepare(sample: dict, data: DataSection, recipe: RecipeSection, max_shots: int, seed: int) -> Prepared:
+    """Pick the shots and frames of one training scene from a raw sample (deterministic)."""
+    key = sample.get("__key__", "?")
+    meta = _meta(sample)
+    shots = meta.get("shots") or []
+    if not shots:
+        raise CorruptSample(f"sample {key!r} has no shots in its json")
+    rng = sample_rng(seed, sample.get("__epoch__", 0), key)
+    n = len(shots)
+    if n > 1 and rng.random() < recipe.single_shot_prob:
+        picks = [int(rng.integers(n))]
+    else:
+        first = int(rng.integers(0, n - max_shots + 1)) if n > max_shots else 0
+        picks = list(range(first, min(n, first + max_shots)))
+    videos, captions = [], []
+    for i in picks:
+        mp4 = sample.get(f"{i:03d}.mp4")
+        if mp4 is None:
+            raise CorruptSample(f"sample {key!r} lacks {i:03d}.mp4 for shot {i} of {n}")
+        try:
+            frames, src_fps = read_frames(mp4)
+        except ClipError as err:
+            raise CorruptSample(f"sample {key!r} shot {i}: {err}") from err
+        span = len(frames) / src_fps - data.frames / data.fps   # seconds the window can move
+        start = float(rng.uniform(0.0, span)) if span > 0 else 0.0
+        idx = window_indices(len(frames), src_fps, data.frames, data.fps, start)
+        if rng.random() < recipe.image_prob:
+            idx = [idx[int(rng.integers(len(idx)))]]              # an image shot (F = 1)
+        videos.append(np.stack([fit(frames[j], tuple(data.size)) for j in idx]))
+        captions.append(shots[i].get("caption") or "")
+    drop = bool(rng.random() < recipe.text_dropout)
+    return Prepared(key, meta.get("global_caption") or "", captions, videos, drop)
+
+
+# -- encoding and the loader ------------------------------------------------------------------
+@dataclass
+class TrainScene:
+    key: str
+    scene: Scene                      # text features + clean latents z0 (C, F, H, W) per shot
+
+
+def encode(prepared: Prepared, text: TextEncoder, codec: LatentCodec) -> TrainScene:
+    latents = [codec.encode(torch.from_numpy(v)) for v in prepared.videos]   # (C, F', H', W') each
+    if prepared.drop_text:                    # the null prompt of CFG: zero-length text everywhere
+        empty = torch.zeros(0, text.dim)
+        return TrainScene(prepared.key, Scene(global_text=empty, shots=[Shot(empty, z) for z in latents]))
+    feats = text([prepared.global_caption] + [shot_prompt(c) for c in prepared.captions])
+    rows = [feats.tokens[i, feats.mask[i]].cpu() for i in range(len(latents) + 1)]
+    return TrainScene(prepared.key, Scene(global_text=rows[0], shots=[Shot(r, z) for r, z in zip(rows[1:], latents)]))
+
+
+class SceneLoader:
+    """Model-ready scenes from a SceneStream, decoded by a background thread, in stream order."""
+
+    def __init__(
+        self, stream: SceneStream, data: DataSection, recipe: RecipeSection, max_shots: int, seed: int,
+        text: TextEncoder, codec: LatentCodec, epoch: int = 0, index: int = 0,
+    ):
+        self.stream, self.data, self.recipe, self.max_shots, self.seed = stream, data, recipe, max_shots, seed
+        self.text, self.codec = text, codec
+        self.position = {"epoch": epoch, "index": index}      # next sample to hand out
+        self.skipped = 0                                      # corrupt samples skipped
+        self.wait_s = 0.0                                     # time the consumer waited for data
+        self._queue: queue.Queue = queue.Queue(maxsize=data.prefetch)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._produce, args=(epoch, index), daemon=True, name="scene-loader")
+        self._thread.start()
+
+    def _produce(self, epoch: int, index: int) -> None:
+        try:
+            for e, i, sample in self.stream.from_position(epoch, index):
+                if self._stop.is_set():
+                    return
+                try:
+                    item = encode(prepare(sample, self.data, self.recipe, self.max_shots, self.seed), self.text, self.codec)
+                except CorruptSample as err:
+                    item = err
+                self._put((e, i, item))
+        except BaseException as err:                      # surfaced in the consumer, not lost in a thread
+            self._put((None, None, err))
+
+    def _put(self, entry) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(entry, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def next(self) -> TrainScene:
+        started = time.perf_counter()
+        try:
+            while True:
+                e, i, item = self._queue.get()
+                if e is None:
+                    raise item
+                self.position = {"epoch": e, "index": i + 1}
+                if isinstance(item, CorruptSample):
+                    self.skipped += 1
+                    log.warning("skipping a corrupt training sample: %s", item)
+                    continue
+                return item
+        finally:
+            self.wait_s += time.perf_counter() - started
+
+    def batches(self, size: int) -> Iterator[list[TrainScene]]:
+        while True:
+            yield [self.next() for _ in range(size)]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+

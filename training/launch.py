@@ -1,0 +1,183 @@
+"""Launch training on Ray Train: checks before anything starts, then a TorchTrainer over the workers.
+
+    result = launch(cfg, run_dir, until=None, on_metrics=print)   # what `lct train` calls
+
+RUN layout: config.yaml (the effective TrainConfig), deepspeed.json (what the engine uses at
+this world size), checkpoints/step-XXXXXX (Ray Train storage: RunConfig(storage_path=RUN,
+name="checkpoints")), metrics.jsonl, tb/, samples/, export/. Re-running with the same RUN
+resumes from the latest checkpoint; a dead worker restarts the group from it
+(FailureConfig(max_failures)). The DeepSpeed C++ ops are JIT-built once into
+TORCH_EXTENSIONS_DIR (default: .cache/torch_extensions beside the repo).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from .config import TrainConfig, deepspeed_config, dump_yaml
+from .data import check_layout, shard_paths
+from .metrics import read_metrics
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[1]
+# sections a resumed run may change: how it runs, not what it trains
+RESUMABLE_CHANGES = {"engine", "schedule"}
+
+
+class TrainUsageError(ValueError):
+    """The run cannot start as configured; nothing was trained."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    loss: float | None
+    export: Path | None
+    wall_s: float
+    metrics: list[dict] = field(default_factory=list)
+
+
+def check(cfg: TrainConfig, run_dir: Path) -> None:
+    """Everything that can be known wrong before a worker starts (teaching errors)."""
+    if not cfg.data.dataset:
+        raise TrainUsageError("no dataset: pass --data DIR (the --out of `lct curate`) or set data.dataset")
+    try:
+        shard_paths(cfg.data.dataset)
+        check_layout(cfg.data.dataset)
+    except ValueError as err:
+        raise TrainUsageError(str(err)) from err
+    info = json.loads((Path(cfg.data.dataset) / "dataset.json").read_text()) if (Path(cfg.data.dataset) / "dataset.json").is_file() else {}
+    scenes = (info.get("counts") or {}).get("scenes")
+    if scenes is not None and cfg.data.holdout >= scenes:
+        raise TrainUsageError(f"data.holdout={cfg.data.holdout} holds out every one of the {scenes} scenes")
+    if cfg.model.init_from:
+        from .inference import export_dir
+
+        try:
+            export_dir(cfg.model.init_from)
+        except FileNotFoundError as err:
+            raise TrainUsageError(f"model.init_from: {err}") from err
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        before = yaml.safe_load(saved.read_text()) or {}
+        now = cfg.model_dump(mode="json")
+        changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
+        if changed:
+            raise TrainUsageError(
+                f"{run_dir} is a run with a different {changed} config (see {saved}); resuming may only change "
+                f"{sorted(RESUMABLE_CHANGES)}. Use a new --out, or start from its weights with --init-from {run_dir}"
+            )
+
+
+def prepare_run(cfg: TrainConfig, run_dir: Path) -> None:
+    """Check, then write RUN/config.yaml and RUN/deepspeed.json."""
+    check(cfg, run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    ds = deepspeed_config(cfg, cfg.engine.workers)
+    (run_dir / "deepspeed.json").write_text(json.dumps(ds, indent=2) + "\n")
+
+
+def connect(address: str | None, workers: int, cpus: int) -> str | None:
+    """Join `address` (or RAY_ADDRESS) or start a local Ray with its dashboard; returns the dashboard URL."""
+    import ray
+
+    if ray.is_initialized():
+        url = ray._private.worker.get_dashboard_url()
+    else:
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address:
+            context = ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", logging_level=logging.WARNING)
+        url = context.dashboard_url
+    have = ray.cluster_resources().get("CPU", 0)
+    if workers * cpus > have:
+        raise TrainUsageError(f"{workers} workers x {cpus} CPUs need {workers * cpus} CPUs; the Ray cluster has {have:g}")
+    return f"http://{url}" if url and not url.startswith("http") else url or None
+
+
+def launch(
+    cfg: TrainConfig, run_dir: str | Path, until: int | None = None,
+    on_metrics: Callable[[dict], None] | None = None, on_status: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train on Ray Train; raises TrainUsageError before starting, RuntimeError if training failed."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    started = time.perf_counter()
+    run_dir = Path(run_dir).resolve()
+    prepare_run(cfg, run_dir)
+    eng = cfg.engine
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
+    dashboard = connect(eng.ray_address, eng.workers, eng.cpus_per_worker)
+    if on_status:
+        on_status(f"training on {eng.workers} Ray workers; Ray dashboard: {dashboard or 'n/a'}; run: {run_dir}")
+    resources = {"CPU": eng.cpus_per_worker} | ({"GPU": eng.gpus_per_worker} if eng.gpus_per_worker else {})
+    trainer = TorchTrainer(
+        _worker,
+        train_loop_config={"config": cfg.model_dump(mode="json"), "run_dir": str(run_dir), "until": until, "ray": True},
+        scaling_config=ScalingConfig(num_workers=eng.workers, use_gpu=bool(eng.gpus_per_worker), resources_per_worker=resources),
+        run_config=RunConfig(
+            name="checkpoints",
+            storage_path=str(run_dir),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.schedule.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=eng.max_failures),
+            worker_runtime_env={"env_vars": {"TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}},
+        ),
+    )
+    done = threading.Event()
+    relay = threading.Thread(target=_relay, args=(run_dir, on_metrics, done), daemon=True) if on_metrics else None
+    if relay:
+        relay.start()
+    try:
+        result = trainer.fit()
+    finally:
+        done.set()
+        if relay:
+            relay.join(timeout=5)
+    if result.error:
+        raise RuntimeError(f"training failed: {result.error}") from result.error
+    metrics = read_metrics(run_dir)
+    last = metrics[-1] if metrics else {}
+    export = run_dir / "export"
+    return TrainResult(run_dir, int(last.get("step", 0)), last.get("loss"), export if export.is_dir() else None,
+                       time.perf_counter() - started, metrics)
+
+
+def _worker(args: dict) -> None:
+    from .train import train_worker
+
+    train_worker(args)
+
+
+def _relay(run_dir: Path, on_metrics: Callable[[dict], None], done: threading.Event) -> None:
+    """Feed new lines of RUN/metrics.jsonl to `on_metrics` while training runs."""
+    path = run_dir / "metrics.jsonl"
+    offset = path.stat().st_size if path.is_file() else 0
+    while True:
+        finished = done.wait(0.5)
+        if path.is_file():
+            with path.open() as f:
+                f.seek(offset)
+                chunk = f.read()
+            complete = chunk[: chunk.rfind("\n") + 1]
+            offset += len(complete.encode())
+            for line in complete.splitlines():
+                try:
+                    on_metrics(json.loads(line))
+                except ValueError:
+                    continue
+        if finished:
+            return

@@ -1,0 +1,94 @@
+"""Step metrics: FLOPs counted from the config, MFU, memory, and the writers (TensorBoard, jsonl).
+
+Rank 0 appends one JSON line per logged step to RUN/metrics.jsonl (the `lct train` progress bar
+and the Prefect flow read it) and writes the same scalars to TensorBoard under RUN/tb.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from pathlib import Path
+
+import torch
+
+from model import Batch, LCTConfig
+
+# dense bf16 peak FLOP/s per GPU, for the MFU estimate on CUDA (None = unknown device)
+GPU_PEAK_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
+
+
+def train_step_flops(cfg: LCTConfig, batch: Batch) -> int:
+    """Analytic FLOPs of forward + backward: 2 x MACs of every matmul, backward = 2 x forward."""
+    B, Lt, Lv = batch.txt.shape[0], batch.txt.shape[1], batch.vid.shape[1]
+    G = batch.pooled.shape[1]                                    # 1 + S groups per scene
+    D, hidden, L = cfg.width, int(cfg.width * cfg.mlp_ratio), Lt + Lv
+    macs = Lt * cfg.text_dim * D + Lv * cfg.patch_dim * D        # txt_in, vid_in
+    macs += (G - 1) * (256 * D + D * D) + G * (cfg.text_dim * D + D * D)  # t and pooled-text MLPs
+    for i in range(cfg.depth):
+        for n, pre_only in ((Lt, i == cfg.depth - 1), (Lv, False)):
+            macs += G * D * (2 if pre_only else 6) * D + n * D * 3 * D   # adaLN, QKV
+            if not pre_only:
+                macs += n * D * D + 2 * n * D * hidden           # out proj, MLP
+        macs += 2 * L * L * D                                    # QK^T and AV, all heads
+    macs += G * D * 2 * D + Lv * D * cfg.patch_dim               # final adaLN + linear
+    return 3 * 2 * B * macs
+
+
+def matmul_peak(device: str, n: int = 1024, repeats: int = 4) -> float | None:
+    """Peak FLOP/s for the MFU estimate: a table for known GPUs, a measured fp32 matmul on CPU."""
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        return next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak memory of this process: CUDA allocator peak, or max RSS on CPU."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class MetricsWriter:
+    """Rank 0's sink: RUN/metrics.jsonl + TensorBoard (RUN/tb)."""
+
+    def __init__(self, run_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.jsonl = (run_dir / "metrics.jsonl").open("a")
+        self.tb = SummaryWriter(str(run_dir / "tb"))
+
+    def write(self, step: int, metrics: dict) -> None:
+        self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+        self.jsonl.flush()
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)):
+                self.tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.jsonl.close()
+        self.tb.close()
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """All complete lines of RUN/metrics.jsonl (a resumed run appends; later lines win per step)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = {}
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue                                 # a line being written
+        rows[row["step"]] = row
+    return [rows[k] for k in sorted(rows)]

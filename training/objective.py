@@ -1,0 +1,66 @@
+"""The LCT objective: rectified flow with per-shot (asynchronous) timesteps.
+
+    t = sample_timesteps(shot_mask, recipe, gen)             # (B, S): one t per shot (async) or per scene (sync)
+    noisy, targets = add_noise(latents, t, gen)              # z_t = (1 - t) z0 + t eps,  target v = eps - z0
+    loss, per_shot = flow_loss(velocities, targets, shot_mask)   # mean over real shots of per-shot MSE
+
+The loss is computed per shot (mean over its elements) and averaged over the real, unpadded
+shots of the batch, so a long shot and an image shot weigh the same. `bucket_losses` splits the
+per-shot losses by timestep for logging.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .config import RecipeSection
+
+BUCKETS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def sample_timesteps(shot_mask: Tensor, recipe: RecipeSection, gen: torch.Generator) -> Tensor:
+    """(B, S) t in (0, 1) from the logit-normal; padded shots get t too (ignored by mask)."""
+    B, S = shot_mask.shape
+    shape = (B, S) if recipe.timesteps == "async" else (B, 1)
+    u = torch.randn(shape, generator=gen, dtype=torch.float64)
+    t = torch.sigmoid(recipe.logit_mean + recipe.logit_std * u).float()
+    return t.expand(B, S).contiguous()
+
+
+def add_noise(latents: list[list[Tensor]], t: Tensor, gen: torch.Generator) -> tuple[list[list[Tensor]], list[list[Tensor]]]:
+    """Per shot: z_t = (1 - t) z0 + t eps and the velocity target eps - z0 (same nesting as latents)."""
+    noisy, targets = [], []
+    for b, shots in enumerate(latents):
+        nb, tb = [], []
+        for i, z0 in enumerate(shots):
+            eps = torch.randn(z0.shape, generator=gen, dtype=z0.dtype)
+            ti = t[b, i].to(z0.dtype)
+            nb.append((1 - ti) * z0 + ti * eps)
+            tb.append(eps - z0)
+        noisy.append(nb)
+        targets.append(tb)
+    return noisy, targets
+
+
+def flow_loss(velocities: list[list[Tensor]], targets: list[list[Tensor]], shot_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """(scalar loss, (B, S) per-shot MSE, 0 at padding): the mean of per-shot losses over real shots."""
+    B, S = shot_mask.shape
+    rows = []
+    for b in range(B):
+        row = [((v.float() - y.to(v.device).float()) ** 2).mean() for v, y in zip(velocities[b], targets[b])]
+        pad = [velocities[b][0].new_zeros((), dtype=torch.float32)] * (S - len(row))
+        rows.append(torch.stack(row + pad))
+    per_shot = torch.stack(rows)                                     # (B, S)
+    mask = shot_mask.to(per_shot.device, per_shot.dtype)
+    return (per_shot * mask).sum() / mask.sum(), per_shot
+
+
+def bucket_losses(per_shot: Tensor, t: Tensor, shot_mask: Tensor) -> dict[str, tuple[float, int]]:
+    """{"t0.00-0.25": (sum of losses, count), ...} over real shots, for averaging across steps."""
+    out = {}
+    per_shot, t, mask = per_shot.detach().float().cpu(), t.cpu(), shot_mask.cpu()
+    for lo, hi in zip(BUCKETS[:-1], BUCKETS[1:]):
+        sel = mask & (t >= lo) & ((t < hi) if hi < 1 else (t <= hi))
+        out[f"t{lo:.2f}-{hi:.2f}"] = (float(per_shot[sel].sum()), int(sel.sum()))
+    return out
