@@ -134,7 +134,10 @@ def launch(
             storage_path=str(run_dir),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.schedule.keep_checkpoints),
             failure_config=FailureConfig(max_failures=eng.max_failures),
-            worker_runtime_env={"env_vars": {"TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"]}},
+            worker_runtime_env={"env_vars": {
+                "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"],
+                "DS_ACCELERATOR": "cuda" if eng.gpus_per_worker else "cpu",
+            }},
         ),
     )
     done = threading.Event()

@@ -2,7 +2,7 @@
 
 The validation scene is the first held-out scene (or the first scene of the first shard), with
 no augmentation. Its prompts and shot count stay fixed for the whole run, so samples at
-successive steps can be compared: RUN/samples/step-XXXXXX/{shot-000.mp4, ..., sheet.png, real.png}.
+successive steps can be compared: RUN/samples/step-XXXXXX/{shot-000.mp4, ..., sheet.png, real.png, latents.safetensors}.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from model import SamplerConfig, TextEncoder, sample
 from model.latents import LatentCodec
@@ -49,6 +50,8 @@ def write_samples(
     module.train(was_training)
     if write:
         out_dir.mkdir(parents=True, exist_ok=True)
+        save_file({f"shot_{i:03d}": z.float().cpu().contiguous() for i, z in enumerate(latents)},
+                  str(out_dir / "latents.safetensors"))
         rows = []
         for i, z in enumerate(latents):
             frames = codec.decode(z.float().cpu()).numpy()            # (F, H, W, 3) uint8

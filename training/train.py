@@ -9,8 +9,8 @@ keeps the newest K and restores the latest after a worker failure); under a plai
 they are written to RUN/checkpoints/step-XXXXXX.tmp and renamed when complete.
 
 Plain launchers (Slurm etc.), one process per GPU:
-    torchrun --nnodes N --nproc-per-node 8 -m training.train --run RUN
-    deepspeed --num_gpus 8 training/train.py --run RUN
+    torchrun --nnodes N --nproc-per-node 8 -m training.train RUN
+    deepspeed --num_gpus 8 training/train.py RUN
 RUN/config.yaml must exist (`lct train ... --dry-run` writes it without training).
 """
 
@@ -227,7 +227,7 @@ def train_worker(args: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="One LCT training worker under torchrun / deepspeed (see module doc).")
-    parser.add_argument("--run", required=True, type=Path, help="Run dir holding config.yaml (from `lct train --dry-run`).")
+    parser.add_argument("run", type=Path, help="Run dir holding config.yaml (from `lct train --dry-run`).")
     parser.add_argument("--until", type=int, default=None, help="Stop (with a checkpoint) at this step.")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)   # deepspeed launcher
     args = parser.parse_args()
