@@ -8,6 +8,7 @@ derives the DeepSpeed JSON from them, and `RUN/deepspeed.json` is what the engin
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -231,3 +232,32 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
     }
+
+
+# The production reference the infra/deepspeed templates are generated from (8 GPUs, lct-3b).
+PRODUCTION = {
+    "data": {"codec": "vae", "codec_path": "/models/wan-vae", "text_kind": "t5", "text_path": "/models/t5-xxl",
+             "frames": 41, "size": [480, 480], "max_shots": 8},
+    "model": {"preset": "lct-3b", "grad_checkpointing": True},
+    "optim": {"lr": 1e-4, "warmup_steps": 1000},
+    "engine": {"gpus_per_worker": 1, "workers": 8},
+    "schedule": {"steps": 135_000, "checkpoint_every": 1000},
+}
+
+
+def production_deepspeed(stage: int) -> dict:
+    """The DeepSpeed JSON of the production reference at ZeRO `stage` (infra/deepspeed/zero{stage}.json)."""
+    data = json.loads(json.dumps(PRODUCTION))
+    data["engine"]["zero_stage"] = stage
+    cfg = TrainConfig.model_validate(data)
+    return deepspeed_config(cfg, cfg.engine.workers)
+
+
+if __name__ == "__main__":   # python -m training.config infra/deepspeed : regenerate the templates
+    import sys
+
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "infra/deepspeed")
+    out.mkdir(parents=True, exist_ok=True)
+    for stage in (2, 3):
+        (out / f"zero{stage}.json").write_text(json.dumps(production_deepspeed(stage), indent=2) + "\n")
+        print(f"wrote {out / f'zero{stage}.json'}")

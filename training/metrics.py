@@ -92,3 +92,24 @@ def read_metrics(run_dir: Path) -> list[dict]:
             continue                                 # a line being written
         rows[row["step"]] = row
     return [rows[k] for k in sorted(rows)]
+
+
+def rank_state_mb(engine) -> float:
+    """MB of parameters + optimizer state held by this rank (what ZeRO partitions), deduplicated."""
+    seen: dict[int, int] = {}
+
+    def add(t) -> None:
+        if isinstance(t, torch.Tensor) and t.numel():
+            seen.setdefault(t.data_ptr(), t.numel() * t.element_size())
+
+    for p in engine.module.parameters():
+        add(getattr(p, "ds_tensor", None) if hasattr(p, "ds_tensor") else p)   # ZeRO-3 keeps a partition
+    optimizer = engine.optimizer
+    for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):   # ZeRO-1/2, ZeRO-3 masters
+        for t in getattr(optimizer, name, None) or []:
+            add(t)
+    inner = getattr(optimizer, "optimizer", optimizer)
+    for state in inner.state.values():
+        for t in state.values():
+            add(t)
+    return sum(seen.values()) / 2**20

@@ -37,7 +37,7 @@ from .engine import (
     EMA, build_model, export, init_engine, latest_checkpoint, load_checkpoint, make_universal,
     prune_checkpoints, read_state, write_checkpoint,
 )
-from .metrics import MetricsWriter, matmul_peak, peak_memory_mb, train_step_flops
+from .metrics import MetricsWriter, matmul_peak, peak_memory_mb, rank_state_mb, train_step_flops
 from .objective import add_noise, bucket_losses, flow_loss, sample_timesteps
 from .samples import validation_scene, write_samples
 
@@ -190,6 +190,7 @@ def train_worker(args: dict) -> None:
                 "tokens_per_s": tokens * world / step_s,
                 "data_wait": (loader.wait_s - waited) / step_s,
                 "peak_mem_mb": peak_memory_mb(device.type),
+                "state_mb": rank_state_mb(engine),
                 "mfu": flops / step_s / peak if peak else None,
                 "skipped_samples": loader.skipped,
                 "epoch": loader.position["epoch"],

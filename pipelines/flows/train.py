@@ -1,0 +1,180 @@
+"""The `train` flow: a curated dataset -> an LCT run (checkpoints, metrics, samples, export).
+
+    check-training-config -> train-in-process (Ray Train from this process) | train-on-ray-job
+                          -> publish-training-report (loss curve PNG + markdown artifact)
+
+`ray_address` decides where the Ray Train driver runs: None = a local Ray in this process;
+ray://head:10001 or auto = this process joins the cluster; http://head:8265 = a Ray job running
+`lct train --data ... --out ... --config train.yaml --ray-address auto` on the cluster (the
+run dir must be on storage both sides see). Metrics are relayed into the flow run's log while
+training runs. Re-running with the same `run_dir` resumes from its latest checkpoint.
+Training itself is never retried by Prefect: Ray Train restarts failed workers from checkpoints.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+
+from pipelines.flows.common import is_jobs_address, run_ray_job
+from pipelines.plot import line_chart
+from training.config import TrainConfig, dump_yaml
+from training.launch import TrainUsageError, launch, prepare_run
+from training.metrics import read_metrics
+
+SUMMARY_KEY = "train-summary"
+
+
+@flow(name="train", log_prints=True)
+def train(
+    data: str,
+    out: str,
+    config: str | dict[str, Any] | None = None,
+    preset: str | None = None,
+    workers: int | None = None,
+    zero_stage: int | None = None,
+    steps: int | None = None,
+    until: int | None = None,
+    attention: str | None = None,
+    init_from: str | None = None,
+    ray_address: str | None = None,
+) -> dict:
+    """Train (or resume) an LCT run on a dataset curated by `ingest`.
+
+    Args:
+        data: Curated dataset dir (the `out` of the ingest flow).
+        out: Run dir; re-running with it resumes from the latest checkpoint.
+        config: A TrainConfig YAML file, or a dict of TrainConfig fields.
+        preset: Model preset (lct-debug, lct-small, lct-3b).
+        workers: Ray Train workers.
+        zero_stage: DeepSpeed ZeRO stage 1, 2 or 3.
+        steps: Total optimizer steps of the run.
+        until: Stop with a checkpoint at this step (resume later).
+        attention: bidirectional or context_causal (fine-tune with init_from).
+        init_from: Start from the weights of this run or export.
+        ray_address: None = local Ray; ray://host:10001 or auto = join; http://host:8265 = Ray job.
+    """
+    cfg = check_training_config(data, out, config, {
+        "model.preset": preset, "engine.workers": workers, "engine.zero_stage": zero_stage,
+        "schedule.steps": steps, "model.attention": attention, "model.init_from": init_from,
+    })
+    if is_jobs_address(ray_address):
+        result = train_on_ray_job(cfg, out, until, ray_address)
+    else:
+        result = train_in_process(cfg, out, until, ray_address)
+    return publish_training_report(out, result)
+
+
+@task(name="check-training-config")
+def check_training_config(dataset: str, run_dir: str, config: str | dict | None, overrides: dict) -> TrainConfig:
+    """Validate the config and the dataset; write RUN/config.yaml + deepspeed.json (nothing trains)."""
+    cfg = effective_config(dataset, config, overrides)
+    prepare_run(cfg, Path(run_dir))
+    return cfg
+
+
+@task(name="train-in-process")
+def train_in_process(cfg: TrainConfig, run_dir: str, until: int | None, ray_address: str | None) -> dict:
+    logger = get_run_logger()
+    if ray_address:
+        cfg = cfg.model_copy(update={"engine": cfg.engine.model_copy(update={"ray_address": ray_address})})
+
+    def relay(m: dict) -> None:
+        if m["step"] % max(1, cfg.schedule.steps // 20) == 0 or m["step"] == cfg.schedule.steps:
+            logger.info("step %d/%d loss %.4f lr %.2e %.1f scenes/s data wait %.0f%%", m["step"],
+                        cfg.schedule.steps, m["loss"], m["lr"], m["samples_per_s"], 100 * m["data_wait"])
+
+    result = launch(cfg, run_dir, until=until, on_metrics=relay, on_status=logger.info)
+    return {"step": result.step, "loss": result.loss, "wall_s": result.wall_s,
+            "export": str(result.export) if result.export else None, "where": "in-process"}
+
+
+@task(name="train-on-ray-job")
+def train_on_ray_job(cfg: TrainConfig, run_dir: str, until: int | None, dashboard: str) -> dict:
+    logger = get_run_logger()
+    entry = ["lct", "train", "--data", cfg.data.dataset, "--out", run_dir, "--config", "train.yaml",
+             "--ray-address", "auto"] + (["--until", str(until)] if until else [])
+    job = run_ray_job(dashboard, shlex.join(entry), files={"train.yaml": dump_yaml(cfg)}, log=logger.info)
+    if not job.ok:
+        raise RuntimeError(f"Ray job {job.job_id} {job.status} (exit code {job.exit_code}): {job.message}")
+    metrics = read_metrics(Path(run_dir))
+    last = metrics[-1] if metrics else {}
+    export = Path(run_dir) / "export"
+    return {"step": last.get("step"), "loss": last.get("loss"), "wall_s": None, "job_id": job.job_id,
+            "export": str(export) if export.is_dir() else None, "where": f"Ray job on {dashboard}"}
+
+
+@task(name="publish-training-report")
+def publish_training_report(run_dir: str, result: dict) -> dict:
+    run = Path(run_dir)
+    chart = loss_chart(run)
+    markdown = summary_markdown(run, result, chart)
+    (run / "report.md").write_text(markdown + (f"\n![loss curve](loss.png)\n" if chart else ""))
+    inline = f"\n![loss curve](data:image/png;base64,{base64.b64encode(chart.read_bytes()).decode()})\n" if chart else ""
+    create_markdown_artifact(markdown=markdown + inline, key=SUMMARY_KEY, description=f"training run {run}")
+    return result | {"loss_chart": str(chart) if chart else None, "report": str(run / "report.md")}
+
+
+# -- plain functions (usable without Prefect) -------------------------------------------------
+def effective_config(dataset: str, config: str | dict | None, overrides: dict) -> TrainConfig:
+    if isinstance(config, str):
+        data = yaml.safe_load(Path(config).read_text()) or {}
+    else:
+        data = json.loads(json.dumps(config or {}))
+    data.setdefault("data", {})["dataset"] = dataset
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, key = dotted.split(".")
+        data.setdefault(section, {})[key] = value
+    try:
+        return TrainConfig.model_validate(data)
+    except ValueError as err:
+        raise TrainUsageError(f"invalid training config: {err}") from err
+
+
+def loss_chart(run: Path) -> Path | None:
+    rows = [m for m in read_metrics(run) if m.get("loss") is not None]
+    if not rows:
+        return None
+    series = {"loss": [(m["step"], m["loss"]) for m in rows]}
+    window = max(1, len(rows) // 10)
+    smooth = [sum(m["loss"] for m in rows[max(0, i - window + 1): i + 1]) / len(rows[max(0, i - window + 1): i + 1])
+              for i in range(len(rows))]
+    series[f"loss (mean of {window})"] = [(m["step"], s) for m, s in zip(rows, smooth)]
+    return line_chart(series, run / "loss.png", title=f"training loss, {run.name}")
+
+
+def summary_markdown(run: Path, result: dict, chart: Path | None) -> str:
+    metrics = read_metrics(run)
+    last = metrics[-1] if metrics else {}
+    samples = sorted((run / "samples").glob("step-*/sheet.png"))
+
+    def fmt(value, spec=".4f"):
+        return format(value, spec) if isinstance(value, (int, float)) else "n/a"
+
+    lines = [
+        f"# Training run `{run}`",
+        "",
+        "| | |", "|---|---|",
+        f"| step | {result.get('step')} |",
+        f"| final loss | {fmt(result.get('loss'))} |",
+        f"| scenes/s (last step) | {fmt(last.get('samples_per_s'), '.2f')} |",
+        f"| data wait (last step) | {fmt(last.get('data_wait'), '.1%')} |",
+        f"| MFU estimate (last step) | {fmt(last.get('mfu'), '.1%')} |",
+        f"| wall time | {fmt(result.get('wall_s'), '.0f')} s |",
+        f"| where | {result.get('where')} |",
+        f"| export | `{result.get('export')}` |",
+        "",
+        f"Loss curve: `{chart}`" if chart else "No metrics were written.",
+        f"Latest validation sample: `{samples[-1]}`" if samples else "",
+        f"TensorBoard: `tensorboard --logdir {run / 'tb'}`",
+    ]
+    return "\n".join(lines) + "\n"
