@@ -178,21 +178,241 @@ def inspect(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo-out"), "--out", help="Output directory (re-running resumes)."),
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Output directory (re-running resumes finished stages)."),
     films: int = typer.Option(6, "--films", help="Synthetic films to make."),
+    preset: str = typer.Option("lct-small", "--preset", help="Model preset (lct-debug = a quick check)."),
+    steps: int = typer.Option(300, "--steps", help="Training steps of the bidirectional model."),
+    causal_steps: int = typer.Option(60, "--causal-steps", help="Context-causal fine-tune steps (0 = skip)."),
+    workers: int = typer.Option(2, "--workers", help="Ray Train workers."),
+    eval_scenes: int = typer.Option(2, "--eval-scenes", help="Held-out scenes to generate and score."),
+    sample_steps: int = typer.Option(16, "--sample-steps", help="Euler steps when generating."),
+    frames: int = typer.Option(8, "--frames", help="Video frames per training shot."),
+    size: int = typer.Option(32, "--size", help="Training frame size (pixels, square)."),
 ):
-    """The main job on the embedded default: synthesize films, curate them on local Ray, inspect."""
-    films_dir, data_dir = out / "films", out / "dataset"
-    if not any(films_dir.glob("*.mp4")):
-        synth(out=films_dir, films=films, seed=0, config=None)
-    curate(
-        inputs=[str(films_dir)], out=data_dir, config=None, ray_address=None, num_cpus=None,
-        max_failure_rate=None, verbose=False,
-    )
-    from dataprep.sheets import write_sheets
+    """The main job, end to end as the Prefect flow `end_to_end`: synthesize films, curate them on
+    local Ray, train LCT with DeepSpeed on Ray Train, generate in each mode, evaluate, and write
+    OUT/report.md."""
+    from pipelines.flows.end_to_end import end_to_end
 
-    sheets = write_sheets(data_dir, 50)
-    console.print(f"{len(sheets)} contact sheets in {data_dir / 'inspect'}  (open them, or run `lct inspect {data_dir}`)")
+    state = end_to_end(
+        out=str(out), films=films, preset=preset, steps=steps, causal_steps=causal_steps, workers=workers,
+        eval_scenes=eval_scenes, sample_steps=sample_steps, frames=frames, size=size, return_state=True,
+    )
+    if not state.is_completed():
+        console.print(f"[red]demo failed:[/red] {state.message}  (re-run the same command to resume)")
+        raise typer.Exit(1)
+    result = state.result()
+    console.print(f"[green]done[/green]: open {result['report']}")
+
+
+@app.command()
+def train(
+    data: Optional[Path] = typer.Option(None, "--data", help="Curated dataset dir (the --out of `lct curate`)."),
+    out: Path = typer.Option(..., "--out", help="Run dir: config, checkpoints, metrics, samples, export (re-running resumes)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="Model preset (lct-debug, lct-small, lct-3b)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file with TrainConfig fields."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Training workers (Ray Train)."),
+    zero: Optional[int] = typer.Option(None, "--zero", help="ZeRO stage 1, 2 or 3."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Total optimizer steps of the run (the LR schedule spans them)."),
+    until: Optional[int] = typer.Option(None, "--until", help="Stop with a checkpoint at this step (resume later)."),
+    attention: Optional[str] = typer.Option(None, "--attention", help="bidirectional or context_causal."),
+    init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from the weights of this run or export."),
+    gpus: Optional[int] = typer.Option(None, "--gpus-per-worker", help="1 = CUDA + NCCL (bf16), 0 = CPU + gloo (fp32)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster (default: RAY_ADDRESS, else local)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Check and write RUN/config.yaml + deepspeed.json, do not train."),
+    export_only: bool = typer.Option(False, "--export-only", help="Write RUN/export from the latest checkpoint, no training."),
+):
+    """Train the LCT model with DeepSpeed ZeRO on Ray Train workers (checkpoints, resume, export)."""
+    from training.config import TrainConfig
+    from training.launch import TrainUsageError, check, launch, prepare_run
+
+    if config is None and (out / "config.yaml").is_file():
+        config = out / "config.yaml"            # resuming: the run's own config, flags override it
+    cfg = _load_config(TrainConfig, config, {
+        "data.dataset": str(data) if data else None, "model.preset": preset, "engine.workers": workers,
+        "engine.zero_stage": zero, "schedule.steps": steps, "model.attention": attention,
+        "model.init_from": str(init_from) if init_from else None, "engine.gpus_per_worker": gpus,
+        "engine.ray_address": ray_address,
+    })
+    try:
+        if dry_run:
+            prepare_run(cfg, out)
+            console.print(f"checked; wrote {out / 'config.yaml'} and {out / 'deepspeed.json'}")
+            return
+        check(cfg, out)
+        if export_only:
+            if not any((out / "checkpoints").glob("step-*/state.json")):
+                raise TrainUsageError(f"{out} has no checkpoint to export")
+            until = -1
+        with _progress() as bar:
+            task = bar.add_task("training", total=cfg.schedule.steps, note="starting Ray workers")
+
+            def on_metrics(m: dict) -> None:
+                note = f"loss {m['loss']:.4f}  lr {m['lr']:.2e}  {m['samples_per_s']:.1f} scenes/s  data wait {m['data_wait']:.0%}"
+                bar.update(task, completed=m["step"], note=note)
+
+            result = launch(cfg, out, until=until, on_metrics=on_metrics, on_status=bar.console.print)
+    except TrainUsageError as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2)
+    except RuntimeError as e:
+        console.print(f"[red]training failed:[/red] {e}")
+        raise typer.Exit(1)
+    loss = f"{result.loss:.4f}" if result.loss is not None else "n/a"
+    console.print(f"step {result.step}, loss {loss}, {result.wall_s:.0f} s; export: {result.export}; "
+                  f"TensorBoard: tensorboard --logdir {out / 'tb'}")
+
+
+def _load_bundle(checkpoint: Path, device: str):
+    """training.inference.load_bundle; exits 2 on a missing checkpoint or an unavailable device."""
+    import torch
+
+    from training.inference import load_bundle
+
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        console.print(f"[red]error:[/red] --device must be cpu or cuda, got {device!r}")
+        raise typer.Exit(2)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        console.print(f"[red]error:[/red] --device {device} but torch sees no CUDA device; use --device cpu")
+        raise typer.Exit(2)
+    try:
+        return load_bundle(checkpoint, device)
+    except (FileNotFoundError, ValueError) as e:
+        console.print(f"[red]error:[/red] cannot load the checkpoint: {e}")
+        raise typer.Exit(2)
+
+
+class _StepBars:
+    """on_step(label, done, total) -> one rich task per label (a shot, or the whole scene)."""
+
+    def __init__(self, bar: Progress):
+        self.bar, self.tasks = bar, {}
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        if label not in self.tasks:
+            self.tasks[label] = self.bar.add_task(label, total=total, note="")
+        self.bar.update(self.tasks[label], completed=done)
+
+
+@app.command()
+def generate(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A training run dir (uses RUN/export) or an export dir."),
+    scene: Path = typer.Option(
+        ..., "--scene", help="Scene YAML: global, shots [{prompt, frames?, condition?}], seed, steps, cfg (see examples/scene.yaml)."
+    ),
+    out: Path = typer.Option(..., "--out", help="Output dir: shot-000.mp4 ..., scene.mp4, sheet.png, generation.json."),
+    mode: Optional[str] = typer.Option(
+        None, "--mode",
+        help="joint | conditioned | autoregressive | extend (default: conditioned when the scene has a condition, else joint).",
+    ),
+    device: str = typer.Option("cpu", "--device", help="Torch device: cpu or cuda."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Euler steps (overrides the scene file)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed (overrides the scene file); same seed, same latents."),
+    cfg: Optional[float] = typer.Option(None, "--cfg", help="Classifier-free guidance scale (overrides the scene file; 1 = off)."),
+    no_cache: bool = typer.Option(
+        False, "--no-cache", help="autoregressive / extend: recompute the history at every step instead of a KV-cache."
+    ),
+):
+    """Generate a multi-shot scene from a scene file with a trained LCT checkpoint."""
+    from training.generate import SceneError, generate as run_generate, load_scene, plan_scene, write_outputs
+
+    bundle = _load_bundle(checkpoint, device)
+    try:
+        plan = plan_scene(load_scene(scene), bundle, mode, steps=steps, seed=seed, cfg=cfg)
+    except SceneError as e:
+        console.print(f"[red]invalid scene[/red] {scene}: {e}")
+        raise typer.Exit(2)
+    console.print(f"{plan.mode}: {len(plan.shapes)} shots, {plan.sampler.steps} steps, seed {plan.sampler.seed}, "
+                  f"checkpoint step {bundle.info.get('step')} ({bundle.model.cfg.attention})")
+    try:
+        with _progress() as bar:
+            result = run_generate(bundle, plan, on_step=_StepBars(bar), use_cache=not no_cache)
+        written = write_outputs(result, bundle, out)
+    except (RuntimeError, ValueError, OSError) as e:
+        console.print(f"[red]generation failed:[/red] {e}")
+        raise typer.Exit(1)
+    console.print(f"{len(written)} files in {out} ({result.record['seconds']:.1f} s): "
+                  + ", ".join(p.name for p in written))
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A training run dir (uses RUN/export) or an export dir."),
+    data: Path = typer.Option(..., "--data", help="A curated dataset dir (`lct curate`); scenes are held out by training.data.heldout_keys."),
+    out: Path = typer.Option(..., "--out", help="Output dir for eval.json and eval.md."),
+    scenes: int = typer.Option(8, "--scenes", min=1, help="Held-out scenes scored; keep N <= the run's data.holdout so none was trained on."),
+    modes: list[str] = typer.Option(
+        ["joint", "autoregressive", "conditioned", "independent"], "--modes",
+        help="Rows to generate (repeat the option): joint, autoregressive, conditioned, independent. 'real' is always scored.",
+    ),
+    steps: int = typer.Option(30, "--steps", min=1, help="Euler steps per generation."),
+    seed: int = typer.Option(0, "--seed", help="Seed of every generation."),
+    cfg: float = typer.Option(1.0, "--cfg", help="Classifier-free guidance scale (1 = off)."),
+    device: str = typer.Option("cpu", "--device", help="Torch device: cpu or cuda."),
+):
+    """Generate held-out scenes in every mode and score consistency, text alignment and smoothness vs the real ones."""
+    from training.evaluate import MODES, evaluate
+
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        console.print(f"[red]error:[/red] unknown --modes {bad}; choose from {list(MODES)}")
+        raise typer.Exit(2)
+    if not (data / "dataset.json").is_file() or not any((data / "shards").glob("*.tar")):
+        console.print(f"[red]error:[/red] {data} is not a curated dataset (expected dataset.json and shards/*.tar; run `lct curate`)")
+        raise typer.Exit(2)
+    bundle = _load_bundle(checkpoint, device)
+    try:
+        with _progress() as bar:
+            task = bar.add_task("held-out scenes x rows", total=None, note="")
+            report = evaluate(
+                bundle, data, out, scenes=scenes, modes=tuple(modes), steps=steps, seed=seed, cfg=cfg,
+                on_progress=lambda what, done, total: bar.update(task, completed=done, total=total, note=what),
+            )
+    except (RuntimeError, ValueError, OSError) as e:
+        console.print(f"[red]evaluation failed:[/red] {e}")
+        raise typer.Exit(1)
+    table = Table(title=f"eval of {report['scenes']} held-out scenes ({report['steps']} steps)")
+    for col in ("row", "CLIP consist.", "hist consist.", "text align", "frame diff", "s/scene"):
+        table.add_column(col, justify="left" if col == "row" else "right")
+    for name, m in report["rows"].items():
+        values = [m["clip_consistency"], m["hist_consistency"], m["text_alignment"], m["frame_diff"], m["seconds"]]
+        table.add_row(name, *("n/a" if v is None else f"{v:.3f}" for v in values))
+    console.print(table)
+    if report["clip"].get("random_init"):
+        console.print("[yellow]CLIP is RANDOM-INIT (no pretrained weights configured): CLIP numbers are low-level only[/yellow]")
+    console.print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")
+
+
+flows_app = typer.Typer(help="Prefect flows: deployments, schedules and serving.", no_args_is_help=True)
+app.add_typer(flows_app, name="flows")
+
+
+@flows_app.command("serve")
+def flows_serve(
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="YAML file with ServeConfig fields (schedules, parameters); see pipelines/serve.py."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Build and print the deployments; register and run nothing."),
+):
+    """Register the Prefect deployments (ingest on its cron schedule, train on demand) and serve them."""
+    from prefect.exceptions import ParameterTypeError
+
+    from pipelines import serve as serving
+
+    cfg = _load_config(serving.ServeConfig, config, {})
+    try:
+        deployments = serving.build_deployments(cfg)
+    except (ParameterTypeError, ValueError) as e:
+        console.print(f"[red]invalid deployment[/red] ({config or 'defaults'}): {e}")
+        raise typer.Exit(2)
+    table = Table(title="Prefect deployments" + (" (dry run: nothing registered)" if dry_run else ""))
+    for col in ("deployment", "schedule", "entrypoint", "parameters"):
+        table.add_column(col)
+    for row in serving.describe(deployments):
+        table.add_row(row["deployment"], row["schedule"], row["entrypoint"], json.dumps(row["parameters"]))
+    console.print(table)
+    if not dry_run:
+        serving.serve(deployments, cfg.limit)
 
 
 if __name__ == "__main__":

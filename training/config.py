@@ -219,7 +219,7 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
             "type": "WarmupCosineLR",
             "params": {
                 "total_num_steps": max(steps, optim.warmup_steps + 1),
-                "warmup_num_steps": optim.warmup_steps,
+                "warmup_num_steps": max(1, optim.warmup_steps),   # DeepSpeed needs >= 1
                 "warmup_min_ratio": 0.0,
                 "cos_min_ratio": optim.min_lr_ratio,
                 "warmup_type": "linear",

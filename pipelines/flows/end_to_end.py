@@ -1,0 +1,186 @@
+"""The `end_to_end` flow (`lct demo`): films -> dataset -> trained LCT -> generated scenes -> eval -> report.
+
+    synthesize-films -> ingest (subflow) -> train (subflow, bidirectional)
+                     -> train (subflow, context-causal fine-tune, optional)
+                     -> generate-scene x {joint, conditioned, autoregressive} -> evaluate-checkpoint
+                     -> write-report (OUT/report.md + images)
+
+Layout of OUT: films/ (synthetic films, unless `sources` are given), dataset/, run/,
+run-causal/, generate/<mode>/, eval/, report.md, report/ (the images the report shows).
+Re-running with the same `out` resumes: every stage whose output is complete is skipped
+(films present, films already curated, runs already at their last step, generations and the
+evaluation already written); the report is always rewritten.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+
+from pipelines.flows.ingest import ingest
+from pipelines.flows.train import train
+from pipelines.report import write_report
+
+FAST_CURATION = {   # the demo's films are small synthetic ones: 64x64 clips are enough for 32x32 training
+    "clips": {"width": 64, "height": 64, "fps": 8.0, "keyframes": 2},
+    "caption": {"coca": False},
+    "shards": {"max_samples": 8},
+}
+
+
+@flow(name="end_to_end", log_prints=True)
+def end_to_end(
+    out: str = "demo-out",
+    sources: list[str] | None = None,
+    films: int = 6,
+    preset: str = "lct-small",
+    steps: int = 300,
+    causal_steps: int = 60,
+    workers: int = 2,
+    frames: int = 8,
+    size: int = 32,
+    eval_scenes: int = 2,
+    sample_steps: int = 16,
+    curation: dict[str, Any] | None = None,
+    ray_address: str | None = None,
+) -> dict:
+    """Synthesize (or take) films, curate, train, generate, evaluate, and write OUT/report.md.
+
+    Args:
+        out: Output directory; re-running with it resumes.
+        sources: Films to use instead of synthetic ones (files, folders, globs, fsspec URLs).
+        films: Synthetic films to make when no sources are given.
+        preset: Model preset (lct-debug for a quick check, lct-small for the demo).
+        steps: Training steps of the bidirectional model.
+        causal_steps: Steps of the context-causal fine-tune (0 = skip it).
+        workers: Ray Train workers.
+        frames: Video frames per training shot.
+        size: Training frame size (size x size pixels).
+        eval_scenes: Held-out scenes generated and scored by the evaluation.
+        sample_steps: Euler steps when generating.
+        curation: CurateConfig fields overriding the demo's fast curation settings.
+        ray_address: Ray cluster to use (default: a local Ray).
+    """
+    logger = get_run_logger()
+    root = Path(out).resolve()
+    if not sources:
+        sources = [synthesize_films(str(root / "films"), films)]
+    dataset = str(root / "dataset")
+    ingest(sources=sources, out=dataset, config=_merge(FAST_CURATION, curation or {}), ray_address=ray_address)
+
+    train_cfg = training_config(preset, frames, size, eval_scenes, steps, workers)
+    run = root / "run"
+    if not finished(run, steps):
+        train(data=dataset, out=str(run), config=train_cfg, ray_address=ray_address)
+    else:
+        logger.info("training already finished at step %d: %s", steps, run)
+    causal = root / "run-causal"
+    if causal_steps:
+        causal_cfg = _merge(train_cfg, {"schedule": {"steps": causal_steps, "checkpoint_every": causal_steps},
+                                        "optim": {"warmup_steps": min(10, causal_steps // 4)}})
+        if not finished(causal, causal_steps):
+            train(data=dataset, out=str(causal), config=causal_cfg, attention="context_causal",
+                  init_from=str(run), ray_address=ray_address)
+
+    scene_file = write_demo_scene(dataset, str(root / "generate"), eval_scenes, sample_steps)
+    generations = {}
+    for mode in ("joint", "conditioned", "autoregressive"):
+        checkpoint = causal if mode == "autoregressive" and causal_steps else run
+        file = scene_file if mode == "conditioned" else str(Path(scene_file).with_name("scene-plain.yaml"))
+        generations[mode] = generate_scene(str(checkpoint), file, str(root / "generate" / mode), mode)
+    evaluation = evaluate_checkpoint(str(run), dataset, str(root / "eval"), eval_scenes, sample_steps)
+    report = write_demo_report(str(root), generations, evaluation)
+    logger.info("report: %s", report)
+    return {"report": report, "dataset": dataset, "run": str(run), "eval": evaluation}
+
+
+@task(name="synthesize-films")
+def synthesize_films(directory: str, films: int) -> str:
+    from dataprep.synthetic import SynthConfig, make_films
+
+    path = Path(directory)
+    if len(list(path.glob("*.mp4"))) < films:
+        make_films(SynthConfig(n_films=films, seed=0), path)
+    return directory
+
+
+@task(name="write-demo-scene")
+def write_demo_scene(dataset: str, directory: str, heldout: int, steps: int) -> str:
+    """A scene file from the first held-out scene: its prompts, and its first frame as a condition."""
+    from training.demo_scene import demo_scene
+
+    return str(demo_scene(Path(dataset), Path(directory), heldout, steps))
+
+
+@task(name="generate-scene")
+def generate_scene(checkpoint: str, scene_file: str, out: str, mode: str) -> dict:
+    from training.generate import generate, load_scene, plan_scene, write_outputs
+    from training.inference import load_bundle
+
+    record = Path(out) / "generation.json"
+    if record.is_file():
+        return json.loads(record.read_text())
+    bundle = load_bundle(checkpoint)
+    plan = plan_scene(load_scene(scene_file), bundle, mode=mode)
+    write_outputs(generate(bundle, plan), bundle, out)
+    return json.loads(record.read_text())
+
+
+@task(name="evaluate-checkpoint")
+def evaluate_checkpoint(checkpoint: str, dataset: str, out: str, scenes: int, steps: int) -> dict:
+    from training.evaluate import evaluate
+    from training.inference import load_bundle
+
+    result = Path(out) / "eval.json"
+    if result.is_file():
+        return json.loads(result.read_text())
+    return evaluate(load_bundle(checkpoint), dataset, out, scenes=scenes, steps=steps)
+
+
+@task(name="write-report")
+def write_demo_report(root: str, generations: dict, evaluation: dict) -> str:
+    return str(write_report(Path(root), generations, evaluation, dashboard=_dashboard(), prefect_ui=_prefect_ui()))
+
+
+# -- plain functions ------------------------------------------------------------------------
+def training_config(preset: str, frames: int, size: int, holdout: int, steps: int, workers: int) -> dict:
+    return {
+        "data": {"frames": frames, "size": [size, size], "holdout": holdout},
+        "model": {"preset": preset},
+        "optim": {"lr": 5e-4, "warmup_steps": min(20, steps // 5)},
+        "engine": {"workers": workers, "zero_stage": 2},
+        "schedule": {"steps": steps, "checkpoint_every": max(1, steps // 3), "sample_every": max(1, steps // 3),
+                     "sample_steps": 8},
+    }
+
+
+def finished(run: Path, steps: int) -> bool:
+    """The run's export is at its last step (nothing left to train)."""
+    info = run / "export" / "lct.json"
+    return info.is_file() and json.loads(info.read_text()).get("step", 0) >= steps
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    merged = json.loads(json.dumps(base))
+    for key, value in extra.items():
+        merged[key] = _merge(merged.get(key, {}), value) if isinstance(value, dict) else value
+    return merged
+
+
+def _dashboard() -> str | None:
+    try:
+        import ray
+
+        return ray._private.worker.get_dashboard_url() if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - the report just says n/a
+        return None
+
+
+def _prefect_ui() -> str | None:
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    return PREFECT_UI_URL.value() or PREFECT_API_URL.value()
+

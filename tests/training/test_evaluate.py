@@ -1,0 +1,93 @@
+"""`lct eval`: held-out scenes, the metrics on constructed cases, and the end-to-end report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from dataprep.config import EmbedConfig
+from pipelines.cli import app
+from training.evaluate import ROWS, Scorer, frame_diff, heldout_keys, pairwise_mean
+from tests.training.test_generate import make_checkpoint
+
+RNG = np.random.default_rng(0)
+
+
+def noise_shot(frames: int = 4, size: int = 16) -> np.ndarray:
+    return RNG.integers(0, 256, (frames, size, size, 3), dtype=np.uint8)
+
+
+def solid_shot(value: tuple[int, int, int], frames: int = 4, size: int = 16) -> np.ndarray:
+    return np.broadcast_to(np.array(value, np.uint8), (frames, size, size, 3)).copy()
+
+
+def test_metrics_on_constructed_cases():
+    assert pairwise_mean([np.ones(3)], np.dot) is None                        # one shot: no pair
+    assert pairwise_mean([1.0, 2.0, 4.0], lambda a, b: a * b) == pytest.approx((2 + 4 + 8) / 3)
+    assert frame_diff(solid_shot((10, 200, 30))) == 0.0                       # a static clip
+    flicker = np.stack([solid_shot((0, 0, 0), 1)[0], solid_shot((255, 255, 255), 1)[0]] * 2)
+    assert frame_diff(flicker) == pytest.approx(1.0)
+    assert 0.2 < frame_diff(noise_shot()) < 0.5                               # |U - U'| averages 1/3
+
+
+@pytest.fixture(scope="module")
+def scorer() -> Scorer:
+    return Scorer(EmbedConfig(model="ViT-S-32-alt"))                          # random init, as the fixture data
+
+
+def test_scores_of_identical_and_unrelated_shots(scorer):
+    shot = noise_shot()
+    same = scorer([shot, shot.copy(), shot.copy()], ["a", "b", "c"])
+    assert same["clip_consistency"] == pytest.approx(1.0, abs=1e-5)
+    assert same["hist_consistency"] == pytest.approx(1.0, abs=1e-6)
+    assert same["text_alignment"] is None                                     # random-init CLIP: n/a
+    assert scorer.description["random_init"] is True
+    unrelated = scorer([noise_shot(), solid_shot((250, 10, 10)), solid_shot((10, 10, 250))], ["a", "b", "c"])
+    assert unrelated["hist_consistency"] < 0.05
+    assert unrelated["clip_consistency"] < same["clip_consistency"] - 0.01
+
+
+@pytest.mark.slow
+def test_heldout_keys_are_shared_with_the_trainer_and_nested(curated):
+    from training.data import heldout_keys as trainer_rule
+
+    assert heldout_keys is trainer_rule
+    two, three = heldout_keys(curated, 2), heldout_keys(curated, 3)
+    assert len(two) == 2 and set(two) <= set(three) and heldout_keys(curated, 0) == []
+    assert len(heldout_keys(curated, 10_000)) == 11                # every scene of the fixture
+
+
+@pytest.mark.slow
+def test_cli_eval_reports_every_row(curated, tmp_path):
+    run = make_checkpoint(tmp_path / "run")
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(run), "--data", str(curated), "--out", str(out),
+                                      "--scenes", "2", "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "eval.json").read_text())
+    assert list(report["rows"]) == list(ROWS)
+    assert report["heldout"] == heldout_keys(curated, 2) and report["scenes"] == 2
+    assert report["clip"]["random_init"] is True
+    for name, metrics in report["rows"].items():
+        assert metrics["text_alignment"] is None                              # no pretrained CLIP here
+        assert 0.0 <= metrics["frame_diff"] <= 1.0
+        assert metrics["hist_consistency"] is None or 0.0 <= metrics["hist_consistency"] <= 1.0
+        assert (metrics["seconds"] is None) == (name == "real")
+    for scene in report["per_scene"]["conditioned"]:
+        assert scene["shots"] == next(s["shots"] for s in report["per_scene"]["real"] if s["key"] == scene["key"])
+    table = (out / "eval.md").read_text()
+    assert "RANDOM-INIT" in table
+    for name in ROWS:
+        assert f"| {name} |" in table
+
+
+def test_cli_eval_of_a_non_dataset_exits_2(tmp_path):
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", str(tmp_path), "--data", str(tmp_path),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "not a curated dataset" in " ".join(result.output.split())
+    bad = CliRunner().invoke(app, ["eval", "--checkpoint", str(tmp_path), "--data", str(tmp_path),
+                                   "--out", str(tmp_path / "out"), "--modes", "jiont"])
+    assert bad.exit_code == 2 and "jiont" in bad.output

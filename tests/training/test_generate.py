@@ -1,0 +1,209 @@
+"""`lct generate`: scene files, the four modes, the history pool, outputs and the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from model import LCT, PRESETS, LatentCodecConfig, SamplerConfig, Scene, Shot, TextEncoderConfig, build_codec, sample
+from pipelines.cli import app
+from training.generate import SceneError, generate, load_scene, plan_scene, write_outputs
+from training.history import prompt_features, recent_history, relevant_history, sample_shots
+from training.inference import load_bundle, write_export
+from training.video import decode_clip, encode_mp4
+
+SIZE, FRAMES = (16, 16), 4
+
+
+def make_checkpoint(directory: Path, attention: str = "context_causal", max_shots: int = 9, seed: int = 0) -> Path:
+    """A tiny lct-debug export with seeded N(0, 0.02) weights (a fresh LCT outputs v = 0: adaLN-Zero)."""
+    model = LCT(PRESETS["lct-debug"].with_(attention=attention, max_shots=max_shots))
+    gen = torch.Generator().manual_seed(seed)
+    for p in model.parameters():
+        p.data.normal_(0.0, 0.02, generator=gen)
+    write_export(model, directory / "export", text=TextEncoderConfig(), codec=LatentCodecConfig(size=SIZE),
+                 frames=FRAMES, fps=8.0, step=7)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def bundle(run_dir):
+    return load_bundle(run_dir)
+
+
+def write_scene(directory: Path, shots: list[dict], **extra) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    doc = {"global": "Character 1: a red disc. Environment: a blue room.", "shots": shots,
+           "seed": 3, "steps": 2} | extra
+    path = directory / "scene.yaml"
+    path.write_text(json.dumps(doc))                     # JSON is YAML
+    return path
+
+
+SHOTS = [{"prompt": "Character 1 slides left"}, {"prompt": "[SHOT CUT] wide shot of the room"},
+         {"prompt": "close-up of Character 1", "frames": 6}]
+
+
+def run_mode(bundle, tmp_path, mode, shots=SHOTS, **kw):
+    return generate(bundle, plan_scene(load_scene(write_scene(tmp_path, shots)), bundle, mode, **kw))
+
+
+# -- determinism, conditioning, cache --------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["joint", "autoregressive"])
+def test_deterministic_under_a_seed(bundle, tmp_path, mode):
+    a, b = run_mode(bundle, tmp_path, mode), run_mode(bundle, tmp_path, mode)
+    other = run_mode(bundle, tmp_path, mode, seed=4)
+    assert [tuple(z.shape) for z in a.latents] == [(3, 4, 16, 16), (3, 4, 16, 16), (3, 6, 16, 16)]
+    for x, y, z in zip(a.latents, b.latents, other.latents):
+        assert torch.equal(x, y)
+        assert not torch.allclose(x, z)
+    write_outputs(a, bundle, tmp_path / "a")
+    write_outputs(b, bundle, tmp_path / "b")
+    assert (tmp_path / "a/latents.safetensors").read_bytes() == (tmp_path / "b/latents.safetensors").read_bytes()
+
+
+def test_a_conditioned_shot_at_t0_comes_out_unchanged(bundle, tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (*SIZE, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "ref.png")
+    shots = [SHOTS[0], {"prompt": "wide shot", "condition": {"image": "ref.png", "t": 0.0}}, SHOTS[2]]
+    plan = plan_scene(load_scene(write_scene(tmp_path, shots)), bundle)       # default: conditioned
+    assert plan.mode == "conditioned"
+    result = generate(bundle, plan)
+    frames = bundle.codec.decode(result.latents[1]).numpy()                   # (F, H, W, 3)
+    assert np.abs(frames.astype(int) - image[None].astype(int)).max() <= 1   # uint8 rounding only
+    joint = run_mode(bundle, tmp_path, "joint")
+    assert not torch.allclose(result.latents[2], joint.latents[2])            # shot 2 sees the condition
+
+
+def test_a_clip_condition_is_sampled_at_the_checkpoint_fps(bundle, tmp_path):
+    video = np.random.default_rng(1).integers(0, 256, (8, 24, 20, 3), dtype=np.uint8)
+    (tmp_path / "ref.mp4").write_bytes(encode_mp4(video, fps=8.0))
+    shots = [{"prompt": "from the clip", "condition": {"clip": "ref.mp4"}}, SHOTS[1]]
+    result = generate(bundle, plan_scene(load_scene(write_scene(tmp_path, shots)), bundle))
+    expected = decode_clip((tmp_path / "ref.mp4").read_bytes(), FRAMES, 8.0, SIZE)   # (F, H, W, 3)
+    frames = bundle.codec.decode(result.latents[0]).numpy()
+    assert np.abs(frames.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_autoregressive_cache_equals_recompute_with_the_pool(tmp_path):
+    bundle = load_bundle(make_checkpoint(tmp_path / "c3", max_shots=3))       # history cap 2
+    shots = [{"prompt": p} for p in ("a red car on a highway", "a chef in a kitchen", "the chef tastes sauce",
+                                     "the red car parks", "the red car drives at night")]
+    plan = plan_scene(load_scene(write_scene(tmp_path, shots)), bundle, "autoregressive")
+    cached = generate(bundle, plan, use_cache=True)
+    recomputed = generate(bundle, plan, use_cache=False)
+    for a, b in zip(cached.latents, recomputed.latents):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    record = cached.record["shots"]
+    assert all(len(s["history"]) <= 2 for s in record)
+    assert "rebuilt" in [s["kv_cache"] for s in record[1:]]                   # the pool left the prefix
+    assert [s["kv_cache"] for s in recomputed.record["shots"]] == ["none"] * 5
+
+
+def test_shot_by_shot_equals_the_sampler_when_every_shot_fits(bundle):
+    gen = torch.Generator().manual_seed(1)
+    scene = Scene(torch.randn(5, 384, generator=gen),
+                  [Shot(torch.randn(4, 384, generator=gen), torch.zeros(3, 2, 8, 8)) for _ in range(4)])
+    config = SamplerConfig(steps=3, cfg_scale=2.0, seed=5)
+    ref = sample(bundle.model, scene, config, mode="autoregressive")
+    ours = sample_shots(bundle.model, scene, config, lambda k: recent_history(k, 8))
+    for a, b in zip(ref, ours.latents):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=0)
+    assert ours.cache == ["rebuilt", "reused", "reused", "reused"]
+
+
+# -- the history pool -------------------------------------------------------------------------------
+def test_history_pool_picks_the_most_relevant_shots(bundle):
+    prompts = ["a red car drives along a highway", "a chef chops onions in a kitchen",
+               "the chef stirs a pot in the kitchen", "the chef tastes the sauce in the kitchen",
+               "[SHOT CUT] the red car speeds along the highway at night"]
+    feats = prompt_features(bundle.text, prompts)
+    assert relevant_history(feats, 4, cap=4) == [0, 1, 2, 3]                  # all fit: all earlier shots
+    chosen = relevant_history(feats, 4, cap=2)
+    assert 0 in chosen and chosen == sorted(chosen)                          # the car shot, though oldest
+    assert recent_history(4, 2) == [2, 3]                                    # what recency would pick
+    # constructed features: relevance, then recency on ties, chronological output
+    f = torch.tensor([[1.0, 0], [0, 1.0], [1.0, 0], [0, 1.0], [0.9, 0.1]])
+    assert relevant_history(f, 4, cap=1) == [2]
+    assert relevant_history(f, 4, cap=3) == [0, 2, 3]
+
+
+def test_extend_concatenates_segments_into_one_shot(bundle, tmp_path):
+    segments = [{"prompt": "Character 1 slides left"}, {"prompt": "Character 1 keeps sliding"},
+                {"prompt": "Character 1 stops"}]
+    result = run_mode(bundle, tmp_path, "extend", shots=segments)
+    assert result.shots == [[0, 1, 2]]
+    assert result.prompts == [s["prompt"] for s in segments]                  # no "[SHOT CUT]"
+    assert [s["history"] for s in result.record["shots"]] == [[], [0], [1]]
+    files = write_outputs(result, bundle, tmp_path / "out")
+    assert [p.name for p in files if p.name.startswith("shot-")] == ["shot-000.mp4"]
+
+
+# -- bad scenes ---------------------------------------------------------------------------------------
+def test_scene_errors_teach(bundle, tmp_path):
+    with pytest.raises(SceneError, match=r"shots\.0\.promt: Extra inputs are not permitted"):
+        load_scene(write_scene(tmp_path / "a", [{"promt": "x"}]))
+    with pytest.raises(SceneError, match="shots: List should have at least 1 item"):
+        load_scene(write_scene(tmp_path / "b", []))
+    with pytest.raises(SceneError, match=r"shot 1: condition image 'missing.png' not found"):
+        load_scene(write_scene(tmp_path / "c", [SHOTS[0], {"prompt": "x", "condition": {"image": "missing.png"}}]))
+    many = load_scene(write_scene(tmp_path / "d", [{"prompt": f"shot {i}"} for i in range(10)]))
+    with pytest.raises(SceneError, match="10 shots but the model sees at most max_shots=9.*autoregressive"):
+        plan_scene(many, bundle, "joint")
+    with pytest.raises(SceneError, match="needs at least one shot with a `condition"):
+        plan_scene(load_scene(write_scene(tmp_path / "e", SHOTS)), bundle, "conditioned")
+    with pytest.raises(SceneError, match="steps: Input should be greater than or equal to 1"):
+        plan_scene(load_scene(write_scene(tmp_path / "f", SHOTS)), bundle, "joint", steps=0)
+    # a patch of 2 latent frames: 5 frames cannot be cut into patches
+    model = LCT(PRESETS["lct-debug"].with_(patch=(2, 2, 2)))
+    fake = SimpleNamespace(model=model, codec=build_codec(LatentCodecConfig(size=SIZE)), size=SIZE, frames=4, fps=8.0)
+    with pytest.raises(SceneError, match=r"shot 0: frames=5 .* not a multiple of the model's patch \(2, 2, 2\)"):
+        plan_scene(load_scene(write_scene(tmp_path / "g", [{"prompt": "x", "frames": 5}])), fake, "joint")
+
+
+# -- the CLI ---------------------------------------------------------------------------------------------
+def test_cli_generate_writes_every_output(run_dir, tmp_path):
+    scene = write_scene(tmp_path, SHOTS)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["generate", "--checkpoint", str(run_dir), "--scene", str(scene),
+                                      "--out", str(out), "--mode", "autoregressive", "--steps", "2"])
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["generation.json", "latents.safetensors", "scene.mp4", "sheet.png",
+                     "shot-000.mp4", "shot-001.mp4", "shot-002.mp4"]
+    record = json.loads((out / "generation.json").read_text())
+    assert record["mode"] == "autoregressive" and record["steps"] == 2 and record["seed"] == 3
+    assert record["checkpoint"]["step"] == 7 and record["device"] == "cpu"
+    assert [s["history"] for s in record["shots"]] == [[], [0], [0, 1]]
+    assert record["shots"][1]["prompt"] == "[SHOT CUT] wide shot of the room"   # never doubled
+
+
+def test_cli_bad_scene_exits_2_naming_the_problem(run_dir, tmp_path):
+    scene = write_scene(tmp_path, [{"prompt": "x", "frame": 4}])
+    result = CliRunner().invoke(app, ["generate", "--checkpoint", str(run_dir), "--scene", str(scene),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    said = " ".join(result.output.split())                                     # rich wraps long lines
+    assert "shots.0.frame" in said and "Extra inputs are not permitted" in said
+    assert not (tmp_path / "out").exists()
+    missing = CliRunner().invoke(app, ["generate", "--checkpoint", str(tmp_path), "--scene", str(scene),
+                                       "--out", str(tmp_path / "out")])
+    assert missing.exit_code == 2 and "is not an LCT run or export" in " ".join(missing.output.split())
+
+
+@pytest.mark.parametrize("command", ["generate", "eval"])
+def test_commands_have_help(command):
+    result = CliRunner().invoke(app, [command, "--help"])
+    assert result.exit_code == 0 and "--checkpoint" in result.output
