@@ -211,7 +211,9 @@ class LCT(nn.Module):
         # 2. Positions and attention mask of the joint sequence [text; video].
         cos, sin = rope_frequencies(batch.ids, cfg.rope_axes, cfg.rope_theta)
         group = torch.cat([batch.txt_group, batch.vid_group], dim=1)  # (B, L)
-        mask = attention_mask(group, cfg.attention)              # (B, 1, L, L)
+        # (B, 1, L, L); None when every token sees every token (lets CUDA pick flash attention)
+        full = cfg.attention == "bidirectional" and bool((group >= 0).all())
+        mask = None if full else attention_mask(group, cfg.attention)
         txt_group, vid_group = batch.txt_group.clamp(min=0), batch.vid_group.clamp(min=0)
 
         # 3. Dual-stream blocks.

@@ -99,7 +99,7 @@ def sample(
 Velocity = Callable[[float, dict[int, Tensor]], dict[int, Tensor]]
 
 
-def _euler(config: SamplerConfig, z: dict[int, Tensor], velocity: Velocity) -> dict[int, Tensor]:
+def euler(config: SamplerConfig, z: dict[int, Tensor], velocity: Velocity) -> dict[int, Tensor]:
     """Integrate the free shots z from t = 1 to 0; velocity(t, z) -> v for the same shots."""
     ts = timesteps(config.steps, config.shift).tolist()
     for t, t_next in zip(ts[:-1], ts[1:]):
@@ -108,25 +108,25 @@ def _euler(config: SamplerConfig, z: dict[int, Tensor], velocity: Velocity) -> d
     return z
 
 
-def _guide(outs: list[Tensor], scale: float) -> Tensor:
+def guide(outs: list[Tensor], scale: float) -> Tensor:
     """outs = [v_text] or [v_text, v_null] -> guided velocity."""
     return outs[0] if len(outs) == 1 else outs[1] + scale * (outs[0] - outs[1])
 
 
-def _branches(model: LCT, scene: Scene, config: SamplerConfig) -> list[Batch]:
+def branches(model: LCT, scene: Scene, config: SamplerConfig) -> list[Batch]:
     """One collated batch per guidance branch: [text] or [text, null text]."""
     device = next(model.parameters()).device
     scenes = [scene] if config.cfg_scale == 1.0 else [scene, null_scene(scene)]
     return [collate([s], model.cfg).to(device) for s in scenes]
 
 
-def _put(batch: Batch, shot: int, latent: Tensor, patch: tuple[int, int, int]) -> None:
+def put_latent(batch: Batch, shot: int, latent: Tensor, patch: tuple[int, int, int]) -> None:
     """Write shot `shot`'s latent (C, F, H, W) into the video tokens of a one-scene batch."""
     assert latent.shape == batch.latent_shapes[0][shot], (latent.shape, batch.latent_shapes[0][shot])
     batch.vid[0, batch.vid_group[0] == shot + 1] = patchify(latent, patch).to(batch.vid.dtype)
 
 
-def _noise(shape: torch.Size, gen: torch.Generator, device: torch.device) -> Tensor:
+def draw_noise(shape: torch.Size, gen: torch.Generator, device: torch.device) -> Tensor:
     return torch.randn(shape, generator=gen).to(device)
 
 
@@ -134,25 +134,25 @@ def _sample_scene(model: LCT, scene: Scene, config: SamplerConfig, given: dict[i
     """Joint / conditioned: one Euler loop over the whole scene, given shots held at t_c."""
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(config.seed)
-    noise = [_noise(s.latent.shape, gen, device) for s in scene.shots]  # one per shot, in order
+    noise = [draw_noise(s.latent.shape, gen, device) for s in scene.shots]  # one per shot, in order
     S, patch = len(scene.shots), model.cfg.patch
     free = [i for i in range(S) if i not in given]
-    batches = _branches(model, scene, config)
+    batches = branches(model, scene, config)
     for i, x0 in given.items():                                  # re-noise once, then fixed
         fixed = (1 - config.t_c) * x0.to(device) + config.t_c * noise[i]
         for batch in batches:
-            _put(batch, i, fixed, patch)
+            put_latent(batch, i, fixed, patch)
     t_vec = torch.full((1, S), config.t_c, device=device)       # (1, S), free shots set per step
 
     def velocity(t: float, z: dict[int, Tensor]) -> dict[int, Tensor]:
         t_vec[0, free] = t
         for batch in batches:
             for i in free:
-                _put(batch, i, z[i], patch)
+                put_latent(batch, i, z[i], patch)
         outs = [model(batch, t_vec)[0] for batch in batches]     # per branch: S velocities
-        return {i: _guide([o[i] for o in outs], config.cfg_scale) for i in free}
+        return {i: guide([o[i] for o in outs], config.cfg_scale) for i in free}
 
-    z = _euler(config, {i: noise[i] for i in free}, velocity)
+    z = euler(config, {i: noise[i] for i in free}, velocity)
     return [given[i].clone() if i in given else z[i] for i in range(S)]
 
 
@@ -167,12 +167,12 @@ def _sample_autoregressive(model: LCT, scene: Scene, config: SamplerConfig, use_
     caches = None
     for k in range(S):
         # 1. The scene up to shot k: history shots at t_c (re-noised in step 3), shot k from noise.
-        noise = _noise(scene.shots[k].latent.shape, gen, device)
+        noise = draw_noise(scene.shots[k].latent.shape, gen, device)
         prefix = Scene(scene.global_text, scene.shots[: k + 1], scene.global_mask)
-        batches = _branches(model, prefix, config)
+        batches = branches(model, prefix, config)
         for batch in batches:
             for j in range(k):
-                _put(batch, j, history[j], patch)
+                put_latent(batch, j, history[j], patch)
         t_vec = torch.full((1, k + 1), config.t_c, device=device)
         if cached and caches is None:                            # the global prompt, once
             caches = [model.prefill(batch, t_vec, groups=1) for batch in batches]
@@ -182,21 +182,21 @@ def _sample_autoregressive(model: LCT, scene: Scene, config: SamplerConfig, use_
             t_vec[0, k] = t
             outs = []
             for b, batch in enumerate(batches):
-                _put(batch, k, z[k], patch)
+                put_latent(batch, k, z[k], patch)
                 outs.append(model.forward_with_cache(batch, t_vec, caches[b]) if cached
                             else model(batch, t_vec)[0][k])
-            return {k: _guide(outs, config.cfg_scale)}
+            return {k: guide(outs, config.cfg_scale)}
 
-        clean.append(_euler(config, {k: noise}, velocity)[k])
+        clean.append(euler(config, {k: noise}, velocity)[k])
         if k == S - 1:
             break
 
         # 3. Re-noise shot k to t_c once; it is history from now on (cached if causal).
-        noisy = (1 - config.t_c) * clean[k] + config.t_c * _noise(clean[k].shape, gen, device)
+        noisy = (1 - config.t_c) * clean[k] + config.t_c * draw_noise(clean[k].shape, gen, device)
         history.append(noisy)
         if cached:
             t_vec[0, k] = config.t_c
             for batch in batches:
-                _put(batch, k, noisy, patch)
+                put_latent(batch, k, noisy, patch)
             caches = [model.extend_cache(batch, t_vec, c) for batch, c in zip(batches, caches)]
     return clean

@@ -129,7 +129,10 @@ class EngineSection(_Strict):
 
 class ScheduleSection(_Strict):
     steps: int = Field(200, ge=1, description="Optimizer steps in total (a resumed run continues to this).")
-    log_every: int = Field(1, ge=1, description="Steps between metric reports.")
+    log_every: int = Field(1, ge=1, description="Steps between metric lines (metrics.jsonl, TensorBoard).")
+    report_every: int = Field(
+        20, ge=1, description="Steps between metric reports to Ray Train (each is a barrier across workers)."
+    )
     checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints (one is always written at the end).")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept (older ones are deleted).")
     sample_every: int = Field(0, ge=0, description="Steps between validation samples (0 = only at the end).")

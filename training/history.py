@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model import LCT, SamplerConfig, Scene, Shot
-from model.sampling import _branches, _euler, _guide, _noise, _put
+from model.sampling import branches, euler, guide, draw_noise, put_latent
 from model.text import TextEncoder
 
 SHOT_CUT = "[SHOT CUT]"
@@ -124,14 +124,14 @@ def sample_shots(
         start = time.perf_counter()
         hist = list(select(k))
         _check_history(hist, k, cap)
-        noise = _noise(scene.shots[k].latent.shape, gen, device)
+        noise = draw_noise(scene.shots[k].latent.shape, gen, device)
         if k in given:
             clean, event, hist = given[k].to(device), "given", []
         else:
             # 1. A small scene [global, history at t_c, shot k]: history latents go in as Shots.
             shots = [Shot(scene.shots[j].text, noisy[j], scene.shots[j].text_mask) for j in hist]
             prefix = Scene(scene.global_text, shots + [scene.shots[k]], scene.global_mask)
-            batches = _branches(model, prefix, config)
+            batches = branches(model, prefix, config)
             h = len(hist)                                        # shot k is shot h of `prefix`
             t_vec = torch.full((1, h + 1), config.t_c, device=device)
 
@@ -153,18 +153,18 @@ def sample_shots(
                 t_vec[0, h] = t
                 outs = []
                 for b, batch in enumerate(batches):
-                    _put(batch, h, z[h], patch)
+                    put_latent(batch, h, z[h], patch)
                     outs.append(model.forward_with_cache(batch, t_vec, caches[b]) if cached
                                 else model(batch, t_vec)[0][h])
                 step[0] += 1
                 if on_step:
                     on_step(k, step[0], config.steps)
-                return {h: _guide(outs, config.cfg_scale)}
+                return {h: guide(outs, config.cfg_scale)}
 
-            clean = _euler(config, {h: noise}, velocity)[h]
+            clean = euler(config, {h: noise}, velocity)[h]
         result.latents.append(clean)
         if k < S - 1:                                            # 4. history from now on
-            noisy.append((1 - config.t_c) * clean + config.t_c * _noise(clean.shape, gen, device))
+            noisy.append((1 - config.t_c) * clean + config.t_c * draw_noise(clean.shape, gen, device))
         result.history.append(hist)
         result.cache.append(event)
         result.seconds.append(time.perf_counter() - start)

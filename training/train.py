@@ -208,7 +208,7 @@ def train_worker(args: dict) -> None:
                     "config": cfg.model_dump(mode="json"),
                 }
                 save(engine, run_dir, step, state, ema, {**metrics, "step": step}, cfg, under_ray)
-            elif under_ray:
+            elif under_ray and step % sched.report_every == 0:
                 import ray.train
 
                 ray.train.report({**metrics, "step": step})

@@ -14,11 +14,20 @@ def run(*args, **kw):
     return subprocess.run([LCT, *args], capture_output=True, text=True, timeout=300, **kw)
 
 
-@pytest.mark.parametrize("command", [[], ["synth"], ["curate"], ["inspect"], ["demo"]])
+COMMANDS = [[], ["synth"], ["curate"], ["inspect"], ["train"], ["generate"], ["eval"], ["flows"], ["flows", "serve"], ["demo"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command):
     result = run(*command, "--help")
     assert result.returncode == 0, result.stderr
     assert "Usage" in result.stdout
+
+
+def test_help_lists_every_command():
+    listed = run("--help").stdout
+    for command in {c[0] for c in COMMANDS if c}:
+        assert command in listed, command
 
 
 def test_bad_config_is_rejected_before_any_work(tmp_path):
