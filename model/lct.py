@@ -161,6 +161,18 @@ def attention_mask(group: Tensor, mode: str) -> Tensor:
     return (allowed | eye)[:, None]
 
 
+def unpack(out: Tensor, batch: Batch, patch: tuple[int, int, int]) -> list[list[Tensor]]:
+    """(B, Lv, patch_dim) video-token outputs -> v[b][i] (C, F, H, W) per real shot."""
+    velocities = []
+    for b, shapes in enumerate(batch.latent_shapes):
+        per_shot = []
+        for i, shape in enumerate(shapes):
+            tokens = out[b][batch.vid_group[b] == i + 1]         # (F'H'W', patch_dim)
+            per_shot.append(unpatchify(tokens, shape, patch))
+        velocities.append(per_shot)
+    return velocities
+
+
 class LCT(nn.Module):
     def __init__(self, cfg: LCTConfig):
         super().__init__()
@@ -197,8 +209,13 @@ class LCT(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, batch: Batch, t: Tensor) -> list[list[Tensor]]:
-        """t (B, S) timesteps in [0, 1] (values at padded shots are ignored) -> v[b][i] (C, F, H, W)."""
+    def forward(self, batch: Batch, t: Tensor, packed: bool = False) -> list[list[Tensor]] | Tensor:
+        """t (B, S) timesteps in [0, 1] (values at padded shots are ignored) -> v[b][i] (C, F, H, W).
+
+        packed=True returns the video-token velocities as one (B, Lv, patch_dim) tensor instead
+        (`unpack` splits them): a distributed engine (DeepSpeed ZeRO-3) hooks every output tensor,
+        so the number of outputs must not depend on the number of shots.
+        """
         cfg = self.cfg
         self._check_t(batch, t)
 
@@ -226,14 +243,7 @@ class LCT(nn.Module):
 
         # 4. Video tokens -> patch features -> per-shot latents.
         out = self.final(vid, c, vid_group)                      # (B, Lv, patch_dim)
-        velocities = []
-        for b, shapes in enumerate(batch.latent_shapes):
-            per_shot = []
-            for i, shape in enumerate(shapes):
-                tokens = out[b][batch.vid_group[b] == i + 1]         # (F'H'W', patch_dim)
-                per_shot.append(unpatchify(tokens, shape, cfg.patch))
-            velocities.append(per_shot)
-        return velocities
+        return out if packed else unpack(out, batch, cfg.patch)
 
     def _check_t(self, batch: Batch, t: Tensor) -> None:
         B, S = batch.shot_mask.shape

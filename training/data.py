@@ -11,8 +11,9 @@
 2. Resume. `position` counts samples handed out in the current epoch; a stream started at a
    position regenerates that epoch and skips the samples already used (tar reads, no decode).
 3. Augmentation is a pure function of (seed, epoch, scene key): the window of <= max_shots
-   shots, the single-shot sample, each shot's time window, the shot replaced by one of its
-   frames, and the dropped prompts (classifier-free guidance). Nothing depends on global RNG.
+   shots, the single-shot sample, each shot's time window, and the shot replaced by one of its
+   frames. Nothing depends on global RNG. (Prompt dropout for classifier-free guidance is
+   decided per step in the loop, identically on every rank: see training/objective.py.)
 4. Bad samples (unreadable tar members, missing json or shot mp4, undecodable video) are
    skipped and counted in `loader.skipped`; they never stop the run.
 """
@@ -179,7 +180,6 @@ class Prepared:
     global_caption: str
     captions: list[str]
     videos: list[np.ndarray]          # per shot (F, H, W, 3) uint8; F = 1 for an image shot
-    drop_text: bool
 
 
 def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
@@ -216,8 +216,7 @@ def prepare(sample: dict, data: DataSection, recipe: RecipeSection, max_shots: i
             idx = [idx[int(rng.integers(len(idx)))]]              # an image shot (F = 1)
         videos.append(np.stack([fit(frames[j], tuple(data.size)) for j in idx]))
         captions.append(shots[i].get("caption") or "")
-    drop = bool(rng.random() < recipe.text_dropout)
-    return Prepared(key, meta.get("global_caption") or "", captions, videos, drop)
+    return Prepared(key, meta.get("global_caption") or "", captions, videos)
 
 
 # -- encoding and the loader ------------------------------------------------------------------
@@ -229,9 +228,6 @@ class TrainScene:
 
 def encode(prepared: Prepared, text: TextEncoder, codec: LatentCodec) -> TrainScene:
     latents = [codec.encode(torch.from_numpy(v)) for v in prepared.videos]   # (C, F', H', W') each
-    if prepared.drop_text:                    # the null prompt of CFG: zero-length text everywhere
-        empty = torch.zeros(0, text.dim)
-        return TrainScene(prepared.key, Scene(global_text=empty, shots=[Shot(empty, z) for z in latents]))
     feats = text([prepared.global_caption] + [shot_prompt(c) for c in prepared.captions])
     rows = [feats.tokens[i, feats.mask[i]].cpu() for i in range(len(latents) + 1)]
     return TrainScene(prepared.key, Scene(global_text=rows[0], shots=[Shot(r, z) for r, z in zip(rows[1:], latents)]))

@@ -4,6 +4,11 @@
     noisy, targets = add_noise(latents, t, gen)              # z_t = (1 - t) z0 + t eps,  target v = eps - z0
     loss, per_shot = flow_loss(velocities, targets, shot_mask)   # mean over real shots of per-shot MSE
 
+Prompt dropout (classifier-free guidance): `drop_prompts(seed, step, micro, p)` decides for a
+whole micro-batch, the same on every rank (ZeRO-3 needs every rank to run the same modules:
+a rank with zero-length text would skip the text stream's backward hooks), and the dropped
+scenes get model.sampling.null_scene, the very null prompt the sampler uses for guidance.
+
 The loss is computed per shot (mean over its elements) and averaged over the real, unpadded
 shots of the batch, so a long shot and an image shot weigh the same. `bucket_losses` splits the
 per-shot losses by timestep for logging.
@@ -11,12 +16,20 @@ per-shot losses by timestep for logging.
 
 from __future__ import annotations
 
+import zlib
+
 import torch
 from torch import Tensor
 
 from .config import RecipeSection
 
 BUCKETS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def drop_prompts(seed: int, step: int, micro: int, p: float) -> bool:
+    """Whether micro-batch `micro` of `step` trains on the null prompt (rank-independent)."""
+    gen = torch.Generator().manual_seed(zlib.crc32(f"drop-{seed}-{step}-{micro}".encode()))
+    return bool(torch.rand((), generator=gen) < p)
 
 
 def sample_timesteps(shot_mask: Tensor, recipe: RecipeSection, gen: torch.Generator) -> Tensor:

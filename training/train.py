@@ -30,6 +30,8 @@ import torch
 import torch.distributed as dist
 
 from model import Scene, Shot, TextEncoder, build_codec, collate
+from model.lct import unpack
+from model.sampling import null_scene
 
 from .config import TrainConfig, load_yaml
 from .data import SceneLoader, SceneStream
@@ -38,7 +40,7 @@ from .engine import (
     prune_checkpoints, read_state, write_checkpoint,
 )
 from .metrics import MetricsWriter, matmul_peak, peak_memory_mb, rank_state_mb, train_step_flops
-from .objective import add_noise, bucket_losses, flow_loss, sample_timesteps
+from .objective import add_noise, bucket_losses, drop_prompts, flow_loss, sample_timesteps
 from .samples import validation_scene, write_samples
 
 log = logging.getLogger("lct.train")
@@ -152,6 +154,8 @@ def train_worker(args: dict) -> None:
         tokens, flops, losses = 0, 0, []
         for micro in range(cfg.optim.grad_accum):
             scenes = [loader.next().scene for _ in range(cfg.optim.micro_batch)]
+            if drop_prompts(sched.seed, step, micro, cfg.recipe.text_dropout):
+                scenes = [null_scene(s) for s in scenes]                        # CFG's null prompt
             gen = step_generator(sched.seed, step, rank, micro)
             shot_mask = torch.zeros(len(scenes), max(len(s.shots) for s in scenes), dtype=torch.bool)
             for b, s in enumerate(scenes):
@@ -162,7 +166,8 @@ def train_worker(args: dict) -> None:
                 [Scene(s.global_text, [Shot(sh.text, z) for sh, z in zip(s.shots, zs)]) for s, zs in zip(scenes, noisy)],
                 lct_cfg,
             ).to(device)
-            velocities = engine(batch, t.to(device, engine.module.txt_in.weight.dtype))
+            out = engine(batch, t.to(device, engine.module.txt_in.weight.dtype), packed=True)   # (B, Lv, patch_dim)
+            velocities = unpack(out, batch, lct_cfg.patch)                        # v[b][i] (C, F, H, W)
             loss, per_shot = flow_loss(velocities, targets, batch.shot_mask)
             engine.backward(loss)
             engine.step()

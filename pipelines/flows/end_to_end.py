@@ -69,7 +69,7 @@ def end_to_end(
     if not sources:
         sources = [synthesize_films(str(root / "films"), films)]
     dataset = str(root / "dataset")
-    ingest(sources=sources, out=dataset, config=_merge(FAST_CURATION, curation or {}), ray_address=ray_address)
+    ingested = ingest(sources=sources, out=dataset, config=_merge(FAST_CURATION, curation or {}), ray_address=ray_address)
 
     train_cfg = training_config(preset, frames, size, eval_scenes, steps, workers)
     run = root / "run"
@@ -84,6 +84,8 @@ def end_to_end(
         if not finished(causal, causal_steps):
             train(data=dataset, out=str(causal), config=causal_cfg, attention="context_causal",
                   init_from=str(run), ray_address=ray_address)
+        else:
+            logger.info("the context-causal fine-tune already finished at step %d: %s", causal_steps, causal)
 
     scene_file = write_demo_scene(dataset, str(root / "generate"), eval_scenes, sample_steps)
     generations = {}
@@ -92,7 +94,7 @@ def end_to_end(
         file = scene_file if mode == "conditioned" else str(Path(scene_file).with_name("scene-plain.yaml"))
         generations[mode] = generate_scene(str(checkpoint), file, str(root / "generate" / mode), mode)
     evaluation = evaluate_checkpoint(str(run), dataset, str(root / "eval"), eval_scenes, sample_steps)
-    report = write_demo_report(str(root), generations, evaluation)
+    report = write_demo_report(str(root), generations, evaluation, ingested.get("dashboard"))
     logger.info("report: %s", report)
     return {"report": report, "dataset": dataset, "run": str(run), "eval": evaluation}
 
@@ -141,8 +143,9 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, out: str, scenes: int, st
 
 
 @task(name="write-report")
-def write_demo_report(root: str, generations: dict, evaluation: dict) -> str:
-    return str(write_report(Path(root), generations, evaluation, dashboard=_dashboard(), prefect_ui=_prefect_ui()))
+def write_demo_report(root: str, generations: dict, evaluation: dict, dashboard: str | None) -> str:
+    return str(write_report(Path(root), generations, evaluation, dashboard=dashboard or _dashboard(),
+                            prefect_ui=_prefect_ui()))
 
 
 # -- plain functions ------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from training.config import DataSection, RecipeSection, TrainConfig, deepspeed_c
 from training.data import (
     CorruptSample, DatasetError, SceneLoader, SceneStream, check_layout, heldout_keys, prepare, shard_paths,
 )
-from training.objective import add_noise, bucket_losses, flow_loss, sample_timesteps
+from training.objective import add_noise, bucket_losses, drop_prompts, flow_loss, sample_timesteps
 
 DATA = {"frames": 4, "size": [16, 16]}
 
@@ -88,7 +88,7 @@ def test_ranks_read_disjoint_shards_and_holdout_is_excluded(curated):
     assert len(seen[0] | seen[1]) == 11 - 2 and not (seen[0] | seen[1]) & set(held)
 
 
-def test_prepare_windows_shots_makes_image_shots_and_drops_text(curated):
+def test_prepare_windows_shots_and_makes_image_shots(curated):
     raw = next(s for _, _, s in SceneStream(curated, shuffle_buffer=1).from_position() if len(json.loads(s["json"])["shots"]) >= 3)
     data = DataSection(**DATA)
     p = prepare(raw, data, RecipeSection(single_shot_prob=0, image_prob=0, text_dropout=0), max_shots=2, seed=0)
@@ -96,7 +96,7 @@ def test_prepare_windows_shots_makes_image_shots_and_drops_text(curated):
     again = prepare(raw, data, RecipeSection(single_shot_prob=0, image_prob=0, text_dropout=0), max_shots=2, seed=0)
     assert all((a == b).all() for a, b in zip(p.videos, again.videos)) and p.captions == again.captions
     img = prepare(raw, data, RecipeSection(single_shot_prob=0, image_prob=1, text_dropout=1), max_shots=9, seed=0)
-    assert all(v.shape[0] == 1 for v in img.videos) and img.drop_text
+    assert all(v.shape[0] == 1 for v in img.videos)
     one = prepare(raw, data, RecipeSection(single_shot_prob=1, image_prob=0, text_dropout=0), max_shots=9, seed=0)
     assert len(one.videos) == 1
 
@@ -178,6 +178,13 @@ def test_flow_loss_is_mean_over_real_shots():
     assert torch.allclose(loss, torch.stack(expected).mean()) and per_shot[1, 1] == 0
     buckets = bucket_losses(per_shot, t, mask)
     assert sum(c for _, c in buckets.values()) == 3 and buckets["t0.75-1.00"][1] == 1
+
+
+def test_prompt_dropout_is_rank_independent_and_has_its_rate():
+    drops = [drop_prompts(0, step, 0, 0.1) for step in range(4000)]
+    assert abs(sum(drops) / len(drops) - 0.1) < 0.02
+    assert drops == [drop_prompts(0, step, 0, 0.1) for step in range(4000)]      # no rank, no state
+    assert not any(drop_prompts(0, s, 0, 0.0) for s in range(100)) and all(drop_prompts(0, s, 0, 1.0) for s in range(100))
 
 
 def test_tiny_preset_fits_the_test_data_config():
