@@ -118,16 +118,30 @@ def run_metrics(dataset: Path, out: Path, workers: int, zero: int, steps: int) -
     return launch(cfg, out).metrics
 
 
+def pinned_ray(cores: set[int]) -> None:
+    """A fresh local Ray whose processes can only run on `cores` (they inherit the driver's affinity)."""
+    import ray
+
+    ray.shutdown()
+    os.sched_setaffinity(0, cores)
+    ray.init(num_cpus=len(cores), include_dashboard=False, logging_level="ERROR")
+
+
 def bench_cluster(steps: int) -> None:
     import ray
 
+    all_cores = os.sched_getaffinity(0)
     with tempfile.TemporaryDirectory(prefix="lct-bench-train-") as tmp:
         root = Path(tmp)
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+        ray.init(num_cpus=len(all_cores), include_dashboard=False, logging_level="ERROR")
         dataset = make_dataset(root)
         runs = {}
-        for workers, zero in ((1, 2), (2, 2), (2, 1), (2, 3)):
+        # 1 worker pinned to 1 core (its loader thread cannot borrow the idle core), then 2 workers on 2
+        for workers, zero, cores in ((1, 2, {min(all_cores)}), (2, 2, all_cores), (2, 1, all_cores), (2, 3, all_cores)):
+            pinned_ray(cores)
             runs[(workers, zero)] = run_metrics(dataset, root / f"run-{workers}-{zero}", workers, zero, steps)
+        ray.shutdown()
+        os.sched_setaffinity(0, all_cores)
 
         def median(rows, key, skip=3):
             values = [r[key] for r in rows[skip:] if r.get(key) is not None]
@@ -135,17 +149,16 @@ def bench_cluster(steps: int) -> None:
 
         one, two = median(runs[(1, 2)], "samples_per_s"), median(runs[(2, 2)], "samples_per_s")
         print(f"\n[2] scaling, lct-small, real loader, ZeRO-2, median over steps 4..{steps}")
-        print(f"    1 worker {one:.2f} scenes/s   2 workers {two:.2f} scenes/s   ratio 2/1 = {two / one:.2f}x")
+        print(f"    1 worker on 1 core {one:.2f} scenes/s   2 workers on 2 cores {two:.2f} scenes/s   ratio 2/1 = {two / one:.2f}x")
         total = median(runs[(1, 2)], "state_mb", skip=0)
         print("\n[3] parameter + optimizer MB per rank (2 workers) / total (1 worker, "
-              f"{total:.1f} MB = fp32 params + AdamW moments + master copy where kept)")
+              f"{total:.1f} MB = fp32 params + fp32 master copy + AdamW moments; gradients not counted)")
         for zero in (1, 2, 3):
             per_rank = median(runs[(2, zero)], "state_mb", skip=0)
             print(f"    ZeRO-{zero}: {per_rank:.1f} MB per rank = {per_rank / total:.2f} of the total")
         print("\n[4] data-wait share of step time (median), real loader with a decode thread")
         for (workers, zero), rows in runs.items():
             print(f"    {workers} worker(s) ZeRO-{zero}: {median(rows, 'data_wait'):.1%}")
-        ray.shutdown()
 
 
 def main() -> None:
