@@ -5,7 +5,7 @@ Measured side by side in one run (fp32, all cores, fixed seed) on a context-caus
 (C=3, F=4, 32, 32) pixel latent (4 x 8 x 8 = 256 video tokens per shot), STEPS Euler steps,
 no guidance, history at t_c = 0.3:
 
-    autoregressive  training.history.sample_shots (the `lct generate` loop), history = every
+    autoregressive  model.sampling.sample_shots (the `lct generate` loop), history = every
                     earlier shot: with the KV-cache (history K/V computed once per shot, reused
                     at each step) vs recomputing the history at every step.
     pool            8 shots on a model with max_shots = 4: the history pool keeps 3 earlier
@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from model import LCT, PRESETS, SamplerConfig, Scene, Shot, sample  # noqa: E402
-from training.history import recent_history, relevant_history, sample_shots  # noqa: E402
+from model.sampling import sample_shots  # noqa: E402
+from training.history import recent_history, relevant_history  # noqa: E402
 
 STEPS = 2
 ROUNDS = 3

@@ -222,6 +222,19 @@ class CurateConfig(_Strict):
         return load_yaml(cls, path)
 
 
+def set_dotted(data: dict, overrides: dict) -> dict:
+    """Set {"section.key": value} overrides into a nested config dict (None = not given); returns it."""
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return data
+
+
 def load_yaml(cls: type[BaseModel], path: str | Path):
     """Validate a YAML file into `cls`; errors name the file and the bad keys."""
     path = Path(path)

@@ -31,7 +31,7 @@ import ray
 import yaml
 from ray.util import metrics
 
-from dataprep import manifest
+from dataprep import cluster, manifest
 from dataprep.caption_film import FilmCaptioner, finish, has_gaps, sidecar_only
 from dataprep.config import CurateConfig, RayConfig
 from dataprep.embed import ClipEmbedder
@@ -103,25 +103,8 @@ class CaptionWorker:
 
 
 def connect(cfg: RayConfig) -> str | None:
-    """Join `cfg.address` (or RAY_ADDRESS), or start a local Ray with its dashboard on 127.0.0.1.
-
-    Returns the dashboard URL when Ray knows it.
-    """
-    if ray.is_initialized():
-        url = ray._private.worker.get_dashboard_url()  # no public getter once connected
-    else:
-        address = cfg.address or os.environ.get("RAY_ADDRESS")
-        if address:
-            context = ray.init(address=address, logging_level=logging.WARNING)
-        else:
-            context = ray.init(
-                num_cpus=cfg.num_cpus,
-                include_dashboard=True,
-                dashboard_host=cfg.dashboard_host,
-                logging_level=logging.WARNING,
-            )
-        url = context.dashboard_url
-    return f"http://{url}" if url and not url.startswith("http") else url or None
+    """Join `cfg.address` (or RAY_ADDRESS), or start a local Ray with its dashboard; returns its URL."""
+    return cluster.connect(cfg.address, cfg.num_cpus, cfg.dashboard_host)
 
 
 def _stages(cfg: CurateConfig):

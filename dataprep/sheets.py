@@ -42,26 +42,35 @@ def mp4_frames(mp4: bytes, k: int) -> list[np.ndarray]:
     return [frames[i] for i in picks]
 
 
-def contact_sheet(sample: dict, k: int = 3) -> Image.Image:
-    """One row per shot: k thumbnails + the caption; the global caption on top."""
-    meta = json.loads(sample["json"])
+def draw_sheet(title: str, rows: list[tuple[list[str], list[np.ndarray]]], k: int,
+               thumb: int = THUMB, resample: int | None = None) -> Image.Image:
+    """The contact-sheet layout: `title` wrapped on top, then one row per entry of `rows` =
+    (its text lines, its thumbnails: at most k frames, each resized to thumb x thumb)."""
     font = ImageFont.load_default()
-    shots = meta["shots"]
-    header = textwrap.wrap(f"{sample['__key__']}  |  {meta['global_caption']}", 110)[:4]
+    header = textwrap.wrap(title, 110)[:4]
     top = 14 * len(header) + 8
-    sheet = Image.new("RGB", (k * THUMB + CAPTION_W, top + len(shots) * (THUMB + 4)), "white")
+    sheet = Image.new("RGB", (k * thumb + CAPTION_W, top + max(1, len(rows)) * (thumb + 4)), "white")
     draw = ImageDraw.Draw(sheet)
     for i, line in enumerate(header):
         draw.text((4, 4 + 14 * i), line, fill="black", font=font)
-    for row, shot in enumerate(shots):
-        y = top + row * (THUMB + 4)
-        for j, frame in enumerate(mp4_frames(sample[f"{row:03d}.mp4"], k)):
-            sheet.paste(Image.fromarray(frame).resize((THUMB, THUMB)), (j * THUMB, y))
+    for row, (lines, frames) in enumerate(rows):
+        y = top + row * (thumb + 4)
+        for j, frame in enumerate(frames[:k]):
+            sheet.paste(Image.fromarray(frame).resize((thumb, thumb), resample), (j * thumb, y))
+        for n, line in enumerate(lines):
+            draw.text((k * thumb + 6, y + 4 + 14 * n), line, fill="black", font=font)
+    return sheet
+
+
+def contact_sheet(sample: dict, k: int = 3) -> Image.Image:
+    """One row per shot: k thumbnails + the caption; the global caption on top."""
+    meta = json.loads(sample["json"])
+    rows = []
+    for row, shot in enumerate(meta["shots"]):
         label = f"shot {row}  [{shot['start_s']:.2f}-{shot['end_s']:.2f}s]  ({shot['caption_source']})"
         lines = [label] + textwrap.wrap(shot["caption"] or "", 55)[:7]
-        for n, line in enumerate(lines):
-            draw.text((k * THUMB + 6, y + 4 + 14 * n), line, fill="black", font=font)
-    return sheet
+        rows.append((lines, mp4_frames(sample[f"{row:03d}.mp4"], k)))
+    return draw_sheet(f"{sample['__key__']}  |  {meta['global_caption']}", rows, k)
 
 
 def write_sheets(out_dir: Path, max_sheets: int | None = None, progress=None) -> list[Path]:

@@ -40,19 +40,11 @@ def _progress() -> Progress:
 
 def _load_config(cls: type[BaseModel], path: Optional[Path], overrides: dict) -> BaseModel:
     """YAML file (optional) + CLI overrides (dotted keys), validated; exits 2 with the errors."""
-    from dataprep.config import load_yaml
+    from dataprep.config import load_yaml, set_dotted
 
     try:
         data = load_yaml(cls, path).model_dump() if path else {}
-        for dotted, value in overrides.items():
-            if value is None:
-                continue
-            node = data
-            *parents, leaf = dotted.split(".")
-            for key in parents:
-                node = node.setdefault(key, {})
-            node[leaf] = value
-        return cls.model_validate(data)
+        return cls.model_validate(set_dotted(data, overrides))
     except (ValidationError, ValueError, FileNotFoundError) as e:
         console.print(f"[red]invalid configuration[/red] ({path or 'defaults + flags'}):\n{e}")
         raise typer.Exit(2)

@@ -5,6 +5,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+# Curation settings that keep tests fast: small clips, a small random CLIP, no CoCa, small shards.
+FAST_CURATION = {
+    "clips": {"width": 64, "height": 64, "fps": 6.0, "keyframes": 2},
+    "embed": {"model": "ViT-S-32-alt", "batch_size": 64},
+    "caption": {"coca": False},
+    "shards": {"max_samples": 4},
+    "ray": {"max_in_flight": 4},
+}
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
@@ -30,13 +39,7 @@ def curated(tmp_path_factory) -> Path:
     make_films(SynthConfig(n_films=4, seed=11), films)
     if not ray.is_initialized():
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    cfg = CurateConfig.model_validate({
-        "clips": {"width": 64, "height": 64, "fps": 8.0, "keyframes": 2},
-        "embed": {"model": "ViT-S-32-alt", "batch_size": 64},
-        "caption": {"coca": False},
-        "shards": {"max_samples": 4},
-        "ray": {"max_in_flight": 4},
-    })
+    cfg = CurateConfig.model_validate({**FAST_CURATION, "clips": {**FAST_CURATION["clips"], "fps": 8.0}})
     out = tmp_path_factory.mktemp("curated") / "dataset"
     summary = curate([str(films)], out, cfg)
     assert summary.counts.get("ok") == 4, summary

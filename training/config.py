@@ -181,13 +181,6 @@ class TrainConfig(_Strict):
         return self.data.max_shots or self.model.lct().max_shots
 
 
-def load_yaml(path: str | Path) -> TrainConfig:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"training config {path} not found")
-    return TrainConfig.model_validate(yaml.safe_load(path.read_text()) or {})
-
-
 def dump_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 

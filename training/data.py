@@ -2,7 +2,7 @@
 
     stream = SceneStream(dataset_dir, rank, world, seed, holdout=2)     # raw samples, endless
     loader = SceneLoader(stream, cfg, text_encoder, codec)              # model-ready scenes
-    for scenes in loader.batches(micro_batch): ...                      # list[TrainScene]
+    scene = loader.next()                                               # TrainScene, in stream order
     loader.position                                                     # {"epoch", "index"}: resume point
 
 1. Order. Epoch e shuffles the shard list with (seed, e); a rank reads every world-th shard
@@ -36,7 +36,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 import webdataset as wds
-from torch import Tensor
 
 from model import Scene, Shot, TextEncoder
 from model.latents import LatentCodec
@@ -243,7 +242,7 @@ class SceneLoader:
         self.stream, self.data, self.recipe, self.max_shots, self.seed = stream, data, recipe, max_shots, seed
         self.text, self.codec = text, codec
         self.position = {"epoch": epoch, "index": index}      # next sample to hand out
-        self.skipped = 0                                      # corrupt samples skipped
+        self.corrupt = 0                                      # corrupt samples skipped
         self.wait_s = 0.0                                     # time the consumer waited for data
         self._queue: queue.Queue = queue.Queue(maxsize=data.prefetch)
         self._stop = threading.Event()
@@ -280,16 +279,17 @@ class SceneLoader:
                     raise item
                 self.position = {"epoch": e, "index": i + 1}
                 if isinstance(item, CorruptSample):
-                    self.skipped += 1
+                    self.corrupt += 1
                     log.warning("skipping a corrupt training sample: %s", item)
                     continue
                 return item
         finally:
             self.wait_s += time.perf_counter() - started
 
-    def batches(self, size: int) -> Iterator[list[TrainScene]]:
-        while True:
-            yield [self.next() for _ in range(size)]
+    @property
+    def skipped(self) -> int:
+        """Bad samples skipped so far: corrupt scenes + unreadable tar data (the `skipped_samples` metric)."""
+        return self.corrupt + self.stream.errors
 
     def close(self) -> None:
         self._stop.set()

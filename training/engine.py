@@ -85,13 +85,13 @@ def build_model(cfg: TrainConfig) -> LCT:
 
 
 def init_engine(model: LCT, cfg: TrainConfig, world_size: int, universal: bool = False):
-    """deepspeed.initialize with the generated config; returns (engine, the DeepSpeed config used)."""
+    """deepspeed.initialize with the generated config (the one in RUN/deepspeed.json); returns the engine."""
     ds = deepspeed_config(cfg, world_size)
     if universal:
         ds["checkpoint"] = {"load_universal": True}
     engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
     engine.checkpoint_engine = SafeCheckpointEngine(engine._config)
-    return engine, ds
+    return engine
 
 
 def full_state_dict(engine) -> dict[str, torch.Tensor] | None:

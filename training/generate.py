@@ -54,7 +54,8 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from model import SamplerConfig, Scene, Shot, sample
-from training.history import prompt_features, relevant_history, sample_shots
+from model.sampling import sample_shots
+from training.history import prompt_features, relevant_history
 from training.inference import InferenceBundle, encode_scene, shot_prompt
 from training.video import ClipError, decode_clip, encode_mp4, fit, frames_sheet
 

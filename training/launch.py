@@ -90,22 +90,16 @@ def prepare_run(cfg: TrainConfig, run_dir: Path) -> None:
 
 
 def connect(address: str | None, workers: int, cpus: int) -> str | None:
-    """Join `address` (or RAY_ADDRESS) or start a local Ray with its dashboard; returns the dashboard URL."""
+    """Join `address` (or RAY_ADDRESS) or start a local Ray; check it can host the workers; returns the dashboard URL."""
     import ray
 
-    if ray.is_initialized():
-        url = ray._private.worker.get_dashboard_url()
-    else:
-        address = address or os.environ.get("RAY_ADDRESS")
-        if address:
-            context = ray.init(address=address, logging_level=logging.WARNING)
-        else:
-            context = ray.init(include_dashboard=True, dashboard_host="127.0.0.1", logging_level=logging.WARNING)
-        url = context.dashboard_url
+    from dataprep.cluster import connect as join_ray
+
+    url = join_ray(address)
     have = ray.cluster_resources().get("CPU", 0)
     if workers * cpus > have:
         raise TrainUsageError(f"{workers} workers x {cpus} CPUs need {workers * cpus} CPUs; the Ray cluster has {have:g}")
-    return f"http://{url}" if url and not url.startswith("http") else url or None
+    return url
 
 
 def launch(

@@ -10,13 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import webdataset as wds
 from safetensors.torch import save_file
 
 from model import SamplerConfig, TextEncoder, sample
 from model.latents import LatentCodec
 
 from .config import DataSection, RecipeSection
-from .data import Prepared, SceneStream, _tar_samples, heldout_keys, prepare
+from .data import Prepared, _tar_samples, heldout_keys, prepare, shard_paths
 from .inference import encode_scene
 from .video import encode_mp4, frames_sheet
 
@@ -25,10 +26,9 @@ PLAIN = RecipeSection(image_prob=0.0, single_shot_prob=0.0, text_dropout=0.0)
 
 def validation_scene(dataset: str | Path, data: DataSection, max_shots: int, holdout: int) -> Prepared:
     """The fixed scene sampled during training (the first held-out one when there are any)."""
-    stream = SceneStream(dataset, shuffle_buffer=1)
     wanted = heldout_keys(dataset, holdout)[:1]
-    for url in stream.shards:
-        for raw in _tar_samples(url, stream._on_error):
+    for path in shard_paths(dataset):
+        for raw in _tar_samples(str(path), wds.warn_and_continue):
             if not wanted or raw.get("__key__") == wanted[0]:
                 return prepare(raw, data, PLAIN, max_shots, seed=0)
     raise ValueError(f"validation scene {wanted} not found in {dataset}")

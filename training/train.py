@@ -29,11 +29,12 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
+from dataprep.config import load_yaml
 from model import Scene, Shot, TextEncoder, build_codec, collate
 from model.lct import unpack
 from model.sampling import null_scene
 
-from .config import TrainConfig, load_yaml
+from .config import TrainConfig
 from .data import SceneLoader, SceneStream
 from .engine import (
     EMA, build_model, export, init_engine, latest_checkpoint, load_checkpoint, make_universal,
@@ -121,7 +122,7 @@ def train_worker(args: dict) -> None:
         lct_cfg = cfg.model.lct()
         torch.manual_seed(sched.seed)                     # the same initial weights on every rank and run
         model = build_model(cfg)
-        engine, ds_config = init_engine(model, cfg, world, universal)
+        engine = init_engine(model, cfg, world, universal)
         ema = EMA(engine.module, cfg.optim.ema) if cfg.optim.ema else None
         if ckpt:
             state = load_checkpoint(engine, ckpt, universal, ema)
@@ -237,7 +238,7 @@ def main() -> None:
     parser.add_argument("--until", type=int, default=None, help="Stop (with a checkpoint) at this step.")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)   # deepspeed launcher
     args = parser.parse_args()
-    cfg = load_yaml(args.run / "config.yaml")
+    cfg = load_yaml(TrainConfig, args.run / "config.yaml")
     train_worker({"config": cfg.model_dump(mode="json"), "run_dir": str(args.run.resolve()), "until": args.until})
 
 

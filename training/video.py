@@ -17,7 +17,11 @@ from fractions import Fraction
 
 import av
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
+
+from dataprep.keyframes import cover_size
+from dataprep.keyframes import fit as centre_crop
+from dataprep.sheets import draw_sheet
 
 THUMB = 96
 
@@ -42,16 +46,13 @@ def read_frames(mp4: bytes) -> tuple[list[np.ndarray], float]:
 
 
 def fit(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize to cover (H, W) keeping the aspect ratio, then centre-crop to exactly (H, W)."""
+    """Resize to cover (H, W) keeping the aspect ratio, then centre-crop to exactly (H, W) (as curation does)."""
     h, w = size
     src_h, src_w = frame.shape[:2]
     if (src_h, src_w) == (h, w):
         return frame
-    scale = max(h / src_h, w / src_w)
-    new_w, new_h = max(w, round(src_w * scale)), max(h, round(src_h * scale))
-    img = Image.fromarray(frame).resize((new_w, new_h), Image.BILINEAR)
-    left, top = (new_w - w) // 2, (new_h - h) // 2
-    return np.asarray(img.crop((left, top, left + w, top + h)))
+    cover_w, cover_h = cover_size(src_w, src_h, w, h)
+    return centre_crop(np.asarray(Image.fromarray(frame).resize((cover_w, cover_h), Image.BILINEAR)), w, h)
 
 
 def window_indices(n_src: int, src_fps: float, frames: int, fps: float, start: float) -> list[int]:
@@ -92,20 +93,8 @@ def encode_mp4(frames: np.ndarray, fps: float) -> bytes:
 
 def frames_sheet(rows: list[tuple[str, np.ndarray]], title: str = "", k: int = 4) -> Image.Image:
     """A contact sheet: one row per shot (k evenly spaced frames + its label), `title` on top."""
-    font = ImageFont.load_default()
-    header = textwrap.wrap(title, 110)[:4]
-    top = 14 * len(header) + 8
-    caption_w = 360
-    sheet = Image.new("RGB", (k * THUMB + caption_w, top + max(1, len(rows)) * (THUMB + 4)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, line in enumerate(header):
-        draw.text((4, 4 + 14 * i), line, fill="black", font=font)
-    for row, (label, frames) in enumerate(rows):
-        y = top + row * (THUMB + 4)
+    picked = []
+    for label, frames in rows:
         picks = np.linspace(0, len(frames) - 1, k).round().astype(int)
-        for j, idx in enumerate(picks):
-            thumb = Image.fromarray(frames[idx]).resize((THUMB, THUMB), Image.NEAREST)
-            sheet.paste(thumb, (j * THUMB, y))
-        for n, line in enumerate(textwrap.wrap(label, 55)[:7]):
-            draw.text((k * THUMB + 6, y + 4 + 14 * n), line, fill="black", font=font)
-    return sheet
+        picked.append((textwrap.wrap(label, 55)[:7], [frames[i] for i in picks]))
+    return draw_sheet(title, picked, k, thumb=THUMB, resample=Image.NEAREST)

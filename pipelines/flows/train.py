@@ -19,10 +19,10 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from dataprep.config import load_yaml, set_dotted
 from pipelines.flows.common import is_jobs_address, run_ray_job
 from pipelines.plot import line_chart
 from training.config import TrainConfig, dump_yaml
@@ -124,18 +124,10 @@ def publish_training_report(run_dir: str, result: dict) -> dict:
 
 # -- plain functions (usable without Prefect) -------------------------------------------------
 def effective_config(dataset: str, config: str | dict | None, overrides: dict) -> TrainConfig:
-    if isinstance(config, str):
-        data = yaml.safe_load(Path(config).read_text()) or {}
-    else:
-        data = json.loads(json.dumps(config or {}))
-    data.setdefault("data", {})["dataset"] = dataset
-    for dotted, value in overrides.items():
-        if value is None:
-            continue
-        section, key = dotted.split(".")
-        data.setdefault(section, {})[key] = value
+    """TrainConfig from a YAML path or a dict of fields, plus the flow's own parameters (dotted keys)."""
     try:
-        return TrainConfig.model_validate(data)
+        data = load_yaml(TrainConfig, config).model_dump() if isinstance(config, str) else json.loads(json.dumps(config or {}))
+        return TrainConfig.model_validate(set_dotted(data, {"data.dataset": dataset} | overrides))
     except ValueError as err:
         raise TrainUsageError(f"invalid training config: {err}") from err
 

@@ -20,18 +20,11 @@ from dataprep.config import CurateConfig
 from dataprep.run import CurateFailed, curate, similarity_method
 from dataprep.scenes import adjusted_rand_index
 from dataprep.synthetic import SynthConfig, load_truth, make_films
-
-FAST = {
-    "clips": {"width": 64, "height": 64, "fps": 6.0, "keyframes": 2},
-    "embed": {"model": "ViT-S-32-alt", "batch_size": 64},
-    "caption": {"coca": False},
-    "shards": {"max_samples": 4},
-    "ray": {"max_in_flight": 4},
-}
+from tests.conftest import FAST_CURATION
 
 
 def fast_config(**overrides) -> CurateConfig:
-    data = json.loads(json.dumps(FAST))
+    data = json.loads(json.dumps(FAST_CURATION))
     for key, value in overrides.items():
         data[key] = value if not isinstance(value, dict) else {**data.get(key, {}), **value}
     return CurateConfig.model_validate(data)

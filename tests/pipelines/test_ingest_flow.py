@@ -17,14 +17,8 @@ import pytest
 import ray
 
 from dataprep.synthetic import SynthConfig, make_films
-
-FAST = {
-    "clips": {"width": 64, "height": 64, "fps": 6.0, "keyframes": 2},
-    "embed": {"model": "ViT-S-32-alt", "batch_size": 64},
-    "caption": {"coca": False},
-    "shards": {"max_samples": 4},
-    "ray": {"max_in_flight": 4},
-}
+from tests.conftest import FAST_CURATION
+from tests.pipelines.conftest import flow_run_artifacts
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +45,7 @@ def ingested(prefect_server, local_ray, films, tmp_path_factory):
     from pipelines.flows.ingest import ingest
 
     out = tmp_path_factory.mktemp("ingest") / "dataset"
-    state = ingest(sources=[str(films)], out=str(out), config=FAST, return_state=True)
+    state = ingest(sources=[str(films)], out=str(out), config=FAST_CURATION, return_state=True)
     return state, out
 
 
@@ -93,23 +87,6 @@ def test_job_outcomes_map_to_success_policy_failure_or_error(tmp_path):
     assert lines == ["a", "bc", "d"]
 
 
-def _artifacts(state) -> dict:
-    from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, FlowRunFilterId, TaskRunFilter
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    with get_client(sync_client=True) as client:  # the sync client sends unset fields as null: set them all
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(),
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
-            task_run_filter=TaskRunFilter(),
-            sort=ArtifactSort.CREATED_DESC,
-            limit=50,
-            offset=0,
-        )
-    return {a.key: a for a in found}
-
-
 @pytest.mark.slow  # a Prefect server + a curation run: tens of seconds on 2 cores
 def test_ingest_completes_and_publishes_its_report(ingested, films):
     from pipelines.flows.ingest import SUMMARY_KEY, TABLE_KEY, check_dataset
@@ -120,7 +97,7 @@ def test_ingest_completes_and_publishes_its_report(ingested, films):
     assert (report["ok"], report["failed"], report["already_done"]) == (2, 0, 0)
     assert report["films_per_min"] > 0 and report["shots_per_min"] > 0
 
-    artifacts = _artifacts(state)
+    artifacts = flow_run_artifacts(state)
     assert {TABLE_KEY, SUMMARY_KEY} <= set(artifacts)
     table = json.loads(artifacts[TABLE_KEY].data)
     assert sorted(r["uri"] for r in table) == sorted(str(p) for p in films.glob("*.mp4"))
@@ -163,12 +140,12 @@ def test_failure_rate_over_the_limit_fails_the_run_but_publishes_the_report(inge
     shutil.copytree(ingested[1], out)
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(os.urandom(20_000))
-    state = ingest(sources=[str(films), str(bad)], out=str(out), config=FAST, max_failure_rate=0.0,
+    state = ingest(sources=[str(films), str(bad)], out=str(out), config=FAST_CURATION, max_failure_rate=0.0,
                    return_state=True)
     assert state.is_failed(), state
     assert "max_failure_rate" in state.message
 
-    artifacts = _artifacts(state)
+    artifacts = flow_run_artifacts(state)
     rows = {Path(r["uri"]).name: r for r in json.loads(artifacts[TABLE_KEY].data)}
     assert rows["broken.mp4"]["status"] == "failed" and rows["broken.mp4"]["this_run"]
     assert "not a video" in rows["broken.mp4"]["error"]
@@ -239,7 +216,7 @@ def test_ingest_as_a_ray_job_through_the_jobs_api(prefect_server, ray_cluster, f
 
     film = sorted(films.glob("*.mp4"))[0]
     out = tmp_path / "dataset"
-    state = ingest(sources=[str(film)], out=str(out), config=FAST, ray_address=ray_cluster, return_state=True)
+    state = ingest(sources=[str(film)], out=str(out), config=FAST_CURATION, ray_address=ray_cluster, return_state=True)
     assert state.is_completed(), state
     report = state.result()
     assert report["ok"] == 1 and report["ray_job"] and report["dashboard"] == ray_cluster
@@ -249,7 +226,7 @@ def test_ingest_as_a_ray_job_through_the_jobs_api(prefect_server, ray_cluster, f
     assert "--ray-address auto" in job.entrypoint and job.metadata["lct_flow"] == "ingest"
     assert json.loads((out / "dataset.json").read_text())["counts"]["films"]["ok"] == 1
     assert check_dataset(out).problems == []
-    summary = _artifacts(state)[SUMMARY_KEY].data
+    summary = flow_run_artifacts(state)[SUMMARY_KEY].data
     assert f"[{ray_cluster}]({ray_cluster})" in summary and report["ray_job"] in summary
 
     # the job's own log lines reached the flow run's log (shipped to the API in batches)

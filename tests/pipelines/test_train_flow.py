@@ -2,26 +2,14 @@
 
 import pytest
 
+from tests.pipelines.conftest import flow_run_artifacts
+
 TINY = {
     "data": {"frames": 4, "size": [16, 16], "holdout": 1},
     "model": {"preset": "lct-debug"},
     "engine": {"workers": 2},
     "schedule": {"steps": 4, "checkpoint_every": 4, "sample_steps": 2},
 }
-
-
-def _artifacts(state) -> dict:
-    from prefect import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, FlowRunFilterId, TaskRunFilter
-    from prefect.client.schemas.sorting import ArtifactSort
-
-    with get_client(sync_client=True) as client:
-        found = client.read_artifacts(
-            artifact_filter=ArtifactFilter(),
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])),
-            task_run_filter=TaskRunFilter(), sort=ArtifactSort.CREATED_DESC, limit=50, offset=0,
-        )
-    return {a.key: a for a in found}
 
 
 @pytest.mark.slow
@@ -33,7 +21,7 @@ def test_train_flow_trains_and_publishes_its_report(prefect_server, curated, tmp
     assert state.is_completed(), state
     result = state.result()
     assert result["step"] == 4 and result["export"] and (run / "loss.png").is_file()
-    summary = _artifacts(state)["train-summary"].data
+    summary = flow_run_artifacts(state)["train-summary"].data
     assert "| step | 4 |" in summary and "data:image/png;base64," in summary and str(run / "export") in summary
     assert (run / "report.md").is_file() and (run / "config.yaml").is_file()
 

@@ -13,9 +13,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from model import LCT, PRESETS, LatentCodecConfig, SamplerConfig, Scene, Shot, TextEncoderConfig, build_codec, sample
+from model.sampling import sample_shots
 from pipelines.cli import app
 from training.generate import SceneError, generate, load_scene, plan_scene, write_outputs
-from training.history import prompt_features, recent_history, relevant_history, sample_shots
+from training.history import prompt_features, recent_history, relevant_history
 from training.inference import load_bundle, write_export
 from training.video import decode_clip, encode_mp4
 
