@@ -168,6 +168,12 @@ class TrainConfig(_Strict):
                 f"codec=pixel gives 3 latent channels but {self.model.preset} expects "
                 f"{lct.latent_channels}; use codec=vae with a VAE of that many channels"
             )
+        for kind, path, what in ((data.codec, data.codec_path, "codec"), (data.text_kind, data.text_path, "text")):
+            if kind in ("vae", "t5") and not path:
+                raise ValueError(
+                    f"data.{'codec' if what == 'codec' else 'text_kind'}={kind} needs data.{what}_path = a local "
+                    f"model dir (nothing is downloaded); or use {'codec: pixel' if what == 'codec' else 'text_kind: minilm'}"
+                )
         if engine.zero_stage == 3 and self.optim.ema is not None:
             raise ValueError("optim.ema needs the full weights on every rank: use zero_stage 1 or 2, or ema: null")
         if engine.offload_params and engine.zero_stage != 3:

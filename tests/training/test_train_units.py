@@ -53,6 +53,8 @@ def test_config_yaml_round_trip():
     ({"model": {"preset": "lct-huge"}}, "is not a preset"),
     ({"model": {"overrides": {"depht": 3}}}, "unknown LCTConfig fields ['depht']"),
     ({"optim": {"lr": 1e-3, "warmup": 3}}, "Extra inputs are not permitted"),
+    ({"data": {"codec": "vae"}}, "data.codec=vae needs data.codec_path"),
+    ({"data": {"text_kind": "t5"}}, "data.text_kind=t5 needs data.text_path"),
 ])
 def test_bad_configs_are_refused_with_the_reason(sections, message):
     with pytest.raises(ValidationError, match=message.replace("[", r"\[").replace("]", r"\]")):
