@@ -174,7 +174,8 @@ def test_custom_metrics_reach_the_prometheus_endpoint(ray_local, synth_films, tm
     curate([str(synth_films)], tmp_path / "m", fast_config())
     port = ray.nodes()[0]["MetricsExportPort"]
     deadline, found = time.monotonic() + 120, {}  # export runs every ~10 s; slow under load
-    while time.monotonic() < deadline and len(found) < 3:
+    # poll until the counters are complete: an export can land between two films' increments
+    while time.monotonic() < deadline and (len(found) < 3 or found["lct_curate_films_total"] < 3):
         body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         for line in body.splitlines():
             for name in ("lct_curate_films_total", "lct_curate_shots_total", "lct_curate_frames_decoded_per_s"):
