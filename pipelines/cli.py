@@ -210,6 +210,7 @@ def train(
     attention: Optional[str] = typer.Option(None, "--attention", help="bidirectional or context_causal."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from the weights of this run or export."),
     gpus: Optional[int] = typer.Option(None, "--gpus-per-worker", help="1 = CUDA + NCCL (bf16), 0 = CPU + gloo (fp32)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster (default: RAY_ADDRESS, else local)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Check and write RUN/config.yaml + deepspeed.json, do not train."),
     export_only: bool = typer.Option(False, "--export-only", help="Write RUN/export from the latest checkpoint, no training."),
@@ -224,6 +225,7 @@ def train(
         "data.dataset": str(data) if data else None, "model.preset": preset, "engine.workers": workers,
         "engine.zero_stage": zero, "schedule.steps": steps, "model.attention": attention,
         "model.init_from": str(init_from) if init_from else None, "engine.gpus_per_worker": gpus,
+        "engine.precision": precision,
         "engine.ray_address": ray_address,
     })
     try:

@@ -40,6 +40,8 @@ def train(
     preset: str | None = None,
     workers: int | None = None,
     zero_stage: int | None = None,
+    gpus_per_worker: int | None = None,
+    precision: str | None = None,
     steps: int | None = None,
     until: int | None = None,
     attention: str | None = None,
@@ -55,16 +57,17 @@ def train(
         preset: Model preset (lct-debug, lct-small, lct-3b).
         workers: Ray Train workers.
         zero_stage: DeepSpeed ZeRO stage 1, 2 or 3.
+        gpus_per_worker: 1 = each worker trains on a CUDA device (NCCL), 0 = CPU (gloo).
+        precision: auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32.
         steps: Total optimizer steps of the run.
         until: Stop with a checkpoint at this step (resume later).
         attention: bidirectional or context_causal (fine-tune with init_from).
         init_from: Start from the weights of this run or export.
         ray_address: None = local Ray; ray://host:10001 or auto = join; http://host:8265 = Ray job.
     """
-    cfg = check_training_config(data, out, config, {
-        "model.preset": preset, "engine.workers": workers, "engine.zero_stage": zero_stage,
-        "schedule.steps": steps, "model.attention": attention, "model.init_from": init_from,
-    })
+    params = dict(preset=preset, workers=workers, zero_stage=zero_stage, gpus_per_worker=gpus_per_worker,
+                  precision=precision, steps=steps, attention=attention, init_from=init_from)
+    cfg = check_training_config(data, out, config, config_overrides(params))
     if is_jobs_address(ray_address):
         result = train_on_ray_job(cfg, out, until, ray_address)
     else:
@@ -123,6 +126,19 @@ def publish_training_report(run_dir: str, result: dict) -> dict:
 
 
 # -- plain functions (usable without Prefect) -------------------------------------------------
+# flow parameter -> the TrainConfig field it sets (None = keep the config's value)
+PARAMETER_KEYS = {
+    "preset": "model.preset", "workers": "engine.workers", "zero_stage": "engine.zero_stage",
+    "gpus_per_worker": "engine.gpus_per_worker", "precision": "engine.precision", "steps": "schedule.steps",
+    "attention": "model.attention", "init_from": "model.init_from",
+}
+
+
+def config_overrides(params: dict) -> dict:
+    """The dotted TrainConfig overrides of the flow's parameters (those in PARAMETER_KEYS)."""
+    return {PARAMETER_KEYS[k]: v for k, v in params.items() if k in PARAMETER_KEYS}
+
+
 def effective_config(dataset: str, config: str | dict | None, overrides: dict) -> TrainConfig:
     """TrainConfig from a YAML path or a dict of fields, plus the flow's own parameters (dotted keys)."""
     try:

@@ -1,6 +1,7 @@
 """infra/ manifests agree with the code and with each other: they parse, name one image, pin the
 versions of pyproject.toml / requirements.lock, and run `lct` commands and options that exist."""
 
+import json
 import re
 import shlex
 import sys
@@ -213,3 +214,206 @@ def test_prefect_yaml_deployments_match_the_flows_and_lct_flows_serve():
             from prefect.flows import load_flow_from_entrypoint
 
             assert isinstance(load_flow_from_entrypoint(str(ROOT / file) + ":" + name), Flow), entrypoint
+
+
+# -- GPUs: every production path trains on CUDA workers, bf16, ZeRO (issue 14 item 11) ----------
+def _train_commands() -> dict[str, str]:
+    """Every `lct train` command a manifest runs or documents: where -> command line."""
+    found = {"k8s/rayjob-train.yaml entrypoint": _load("k8s/rayjob-train.yaml")["spec"]["entrypoint"]}
+    header = (INFRA / "ray" / "cluster.yaml").read_text().split("\ncluster_name")[0]
+    for line in header.splitlines():
+        if "ray job submit" in line and "-- lct train" in line:
+            found["ray/cluster.yaml header"] = line.split("-- ", 1)[1]
+    return found
+
+
+def _check_gpu_run(run: Path, zero: int) -> None:
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    ds = json.loads((run / "deepspeed.json").read_text())
+    assert cfg["engine"]["gpus_per_worker"] >= 1, cfg["engine"]
+    assert cfg["engine"]["precision"] == "bf16" and ds["bf16"]["enabled"] is True, (cfg["engine"], ds["bf16"])
+    assert cfg["engine"]["zero_stage"] == ds["zero_optimization"]["stage"] == zero >= 2, cfg["engine"]
+    assert ds["optimizer"]["params"]["torch_adam"] is False  # DeepSpeed's fused CUDA Adam, not the CPU path
+
+
+def test_every_manifest_train_command_is_found():
+    assert set(_train_commands()) == {"k8s/rayjob-train.yaml entrypoint", "ray/cluster.yaml header"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["k8s/rayjob-train.yaml entrypoint", "ray/cluster.yaml header"])
+def test_manifest_train_command_dry_runs_on_gpus_in_bf16(where, curated, tmp_path):
+    """The manifest's own `lct train` line with --dry-run (data/out pointed at a real dataset here)."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    words = shlex.split(_train_commands()[where])[1:]
+    words[words.index("--data") + 1] = str(curated)
+    words[words.index("--out") + 1] = str(tmp_path / "run")
+    result = CliRunner().invoke(app, words + ["--dry-run"])
+    assert result.exit_code == 0, result.output
+    _check_gpu_run(tmp_path / "run", int(words[words.index("--zero") + 1]))
+
+
+def _documented_train_run() -> dict:
+    """The `-p name=value` parameters of the `prefect deployment run 'train/on-demand'` in infra/README.md."""
+    text = (INFRA / "README.md").read_text().replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if "prefect deployment run 'train/on-demand'" in line)
+    words = shlex.split(line)
+    params = {}
+    for flag, value in zip(words, words[1:]):
+        if flag == "-p":
+            name, _, raw = value.partition("=")
+            try:
+                params[name] = json.loads(raw)  # what `prefect deployment run -p` does with a value
+            except ValueError:
+                params[name] = raw
+    return params
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("source", ["prefect/prefect.yaml", "infra/README.md"])
+def test_prefect_train_deployment_and_documented_run_train_on_gpus(source, curated, tmp_path):
+    from pipelines.flows.train import config_overrides, effective_config, train
+    from training.launch import prepare_run
+
+    if source == "prefect/prefect.yaml":
+        deployment = next(d for d in _load(source)["deployments"] if d["entrypoint"].endswith("train.py:train"))
+        params = dict(deployment["parameters"], data="/data/datasets/films", out="/data/runs/x")
+    else:
+        params = _documented_train_run()
+    params = train.validate_parameters(params)  # the form the UI / `-p` fills must be accepted
+    cfg = effective_config(str(curated), None, config_overrides(params))
+    prepare_run(cfg, tmp_path / "run")  # what the flow's check-training-config task does
+    _check_gpu_run(tmp_path / "run", params["zero_stage"])
+
+
+def test_flow_parameters_cover_gpus_precision_and_zero():
+    import inspect
+
+    from pipelines.flows.train import PARAMETER_KEYS, train
+
+    flow_params = set(inspect.signature(train.fn).parameters)
+    assert set(PARAMETER_KEYS) <= flow_params
+    assert {PARAMETER_KEYS[k] for k in ("gpus_per_worker", "precision", "zero_stage")} == {
+        "engine.gpus_per_worker", "engine.precision", "engine.zero_stage"}
+
+
+# -- token auth on by default (issue 15 item 4) --------------------------------------------------
+TOKEN_SECRET = {"secretKeyRef": {"name": "lct-ray-token", "key": "token"}}
+
+
+def _all_containers(node) -> list[dict]:
+    """Containers at any depth, the RayJob's submitter pod included."""
+    return _containers(node)
+
+
+@pytest.mark.parametrize("path", ["k8s/raycluster.yaml", "k8s/rayjob-train.yaml"])
+def test_kuberay_containers_run_with_token_auth_from_the_secret(path):
+    doc = _load(path)
+    containers = _all_containers(doc)
+    if doc["kind"] == "RayJob":
+        assert any(c["name"] == "ray-job-submitter" for c in containers), "the job submitter needs the token"
+    assert len(containers) >= 3
+    for c in containers:
+        env = {e["name"]: e for e in c.get("env", [])}
+        assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", (path, c["name"])
+        assert env.get("RAY_AUTH_TOKEN", {}).get("valueFrom") == TOKEN_SECRET, (path, c["name"])
+    assert "RAY_AUTH_MODE=disabled" not in (INFRA / path).read_text()
+
+
+def test_ray_cluster_launcher_starts_every_node_with_token_auth():
+    config = _load("ray/cluster.yaml")
+    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands") for c in config[key]
+              if "ray start" in c]
+    assert len(starts) == 2
+    for command in starts:
+        assert "RAY_AUTH_MODE=token ray start" in command, command
+    assert config["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"  # Ray's default token path
+
+
+def test_the_auth_variables_are_the_ones_ray_reads():
+    """The names come from the installed Ray, not from memory (a typo would leave auth off)."""
+    import inspect
+
+    import ray.exceptions
+    from ray._private.authentication import authentication_token_setup
+
+    assert authentication_token_setup.AUTH_MODE_ENV_VAR == "RAY_AUTH_MODE"
+    assert authentication_token_setup._get_default_token_path() == Path.home() / ".ray" / "auth_token"
+    assert "`RAY_AUTH_TOKEN` environment variable" in inspect.getsource(ray.exceptions.AuthenticationError)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_a_head_started_with_the_manifest_env_rejects_jobs_api_calls_without_the_token(tmp_path):
+    """`ray start --head` with the RAY_AUTH_* variables the manifests give (the Secret's value here is a
+    fresh random token): the Jobs API answers 401 without it and 200 with it. Stopped by signalling
+    our own `ray start --block` (never `ray stop`, which stops every Ray on the machine)."""
+    import os
+    import secrets
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+    import time
+    import urllib.error
+    import urllib.request
+
+    head = next(c for c in _containers(_load("k8s/raycluster.yaml")) if c["name"] == "ray-head")
+    env_names = {e["name"]: e.get("value") for e in head["env"]}
+    token = secrets.token_hex(16)
+    bin_dir = Path(sys.executable).parent
+    temp_dir = tempfile.mkdtemp(prefix="lct-auth-", dir="/tmp")
+    ports = {name: _free_port() for name in ("port", "dashboard-port", "dashboard-agent-listen-port",
+                                             "dashboard-agent-grpc-port", "runtime-env-agent-port",
+                                             "metrics-export-port", "ray-client-server-port",
+                                             "node-manager-port", "object-manager-port")}
+    command = [str(bin_dir / "ray"), "start", "--head", "--block", "--num-cpus", "1", "--disable-usage-stats",
+               "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--temp-dir", temp_dir]
+    for name, port in ports.items():
+        command += [f"--{name}", str(port)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
+    env |= {"RAY_AUTH_MODE": env_names["RAY_AUTH_MODE"], "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
+            "HOME": str(tmp_path), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    assert "RAY_AUTH_TOKEN" in env_names
+    log = open(Path(temp_dir) / "ray-start.log", "w")
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{ports['dashboard-port']}/api/jobs/"
+
+    def status(headers: dict) -> int:
+        try:
+            return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5).status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with_token = status({"Authorization": f"Bearer {token}"})
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"ray start failed:\n{Path(log.name).read_text()[-3000:]}")
+                time.sleep(1)
+        assert with_token == 200
+        assert status({}) in (401, 403)
+        assert status({"Authorization": "Bearer not-the-token"}) in (401, 403)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        log.close()
+        shutil.rmtree(temp_dir, ignore_errors=True)
