@@ -7,11 +7,13 @@ Unknown keys are an error (a typo in a YAML file must not be silently ignored).
 
 from __future__ import annotations
 
+import difflib
+import typing
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Strict(BaseModel):
@@ -244,3 +246,49 @@ def load_yaml(cls: type[BaseModel], path: str | Path):
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return cls.model_validate(data)
+
+
+def key_hints(err: ValidationError, cls: type[BaseModel]) -> list[str]:
+    """One "did you mean" line per unknown key of `err` (a validation error of `cls`).
+
+    `model.prest` -> "model.prest: unknown key; did you mean model.preset?"; without a close
+    match the line lists the keys that section knows.
+    """
+    hints = []
+    for e in err.errors():
+        if e["type"] != "extra_forbidden":
+            continue
+        *parents, bad = e["loc"]
+        section: type[BaseModel] | None = cls
+        for key in parents:
+            if section is not None and not isinstance(key, int):  # list indices stay on the item's model
+                section = _section_model(section, str(key))
+        if section is None:
+            continue
+        known = [f.alias or name for name, f in section.model_fields.items()]
+        close = difflib.get_close_matches(str(bad), known, n=1, cutoff=0.6)
+        where = ".".join(str(k) for k in e["loc"])
+        if close:
+            hints.append(f"{where}: unknown key; did you mean {'.'.join(str(k) for k in [*parents, close[0]])}?")
+        else:
+            hints.append(f"{where}: unknown key; this section knows {known}")
+    return hints
+
+
+def explain(err: ValidationError, cls: type[BaseModel]) -> str:
+    """pydantic's message for `err`, then the did-you-mean lines of its unknown keys."""
+    hints = key_hints(err, cls)
+    return str(err) + ("\n" + "\n".join(hints) if hints else "")
+
+
+def _section_model(model: type[BaseModel], key: str) -> type[BaseModel] | None:
+    """The pydantic model a field of `model` holds (through Optional / list[...]), or None."""
+    field = model.model_fields.get(key) or next(
+        (f for f in model.model_fields.values() if f.alias == key), None)
+    todo = [field.annotation] if field is not None else []
+    while todo:
+        annotation = todo.pop()
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation
+        todo.extend(typing.get_args(annotation))
+    return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -19,11 +20,29 @@ from rich.table import Table
 
 app = typer.Typer(
     help="lct: curate films into multi-shot scenes and train Long Context Tuning video models.",
-    no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, powershell)
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"lct {version('lct')}")
+        raise typer.Exit()
+
+
+@app.callback(invoke_without_command=True)
+def _main(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the installed lct version and exit."),
+) -> None:
+    if ctx.invoked_subcommand is None:  # `lct` alone: the help, and that is not an error
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
 
 
 def _progress() -> Progress:
@@ -40,12 +59,15 @@ def _progress() -> Progress:
 
 def _load_config(cls: type[BaseModel], path: Optional[Path], overrides: dict) -> BaseModel:
     """YAML file (optional) + CLI overrides (dotted keys), validated; exits 2 with the errors."""
-    from dataprep.config import load_yaml, set_dotted
+    from dataprep.config import explain, load_yaml, set_dotted
 
     try:
         data = load_yaml(cls, path).model_dump() if path else {}
         return cls.model_validate(set_dotted(data, overrides))
-    except (ValidationError, ValueError, FileNotFoundError) as e:
+    except ValidationError as e:
+        console.print(f"[red]invalid configuration[/red] ({path or 'defaults + flags'}):\n{explain(e, cls)}", markup=False)
+        raise typer.Exit(2)
+    except (ValueError, FileNotFoundError) as e:
         console.print(f"[red]invalid configuration[/red] ({path or 'defaults + flags'}):\n{e}")
         raise typer.Exit(2)
 
@@ -407,6 +429,53 @@ def flows_serve(
     console.print(table)
     if not dry_run:
         serving.serve(deployments, cfg.limit)
+
+
+config_app = typer.Typer(help="The configuration of curate, train and generate.")
+app.add_typer(config_app, name="config")
+
+
+@config_app.callback(invoke_without_command=True)
+def _config_main(ctx: typer.Context) -> None:
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+
+
+class _ConfigKind(str, Enum):
+    curate = "curate"
+    train = "train"
+    generate = "generate"
+
+
+EXAMPLE_SCENE = {
+    "global": "Character 1: a red disc with white stripes. Environment: a blue room. Story: Character 1 finds a square.",
+    "shots": [{"prompt": "[SHOT CUT] Character 1 slides to the left, close-up"},
+              {"prompt": "[SHOT CUT] the yellow square on the floor", "condition": {"image": "ref.png", "t": 0.0}}],
+}
+
+
+@config_app.command("show")
+def config_show(
+    kind: _ConfigKind = typer.Argument(..., help="curate (--config of lct curate), train (lct train), generate (the --scene file)."),
+):
+    """Print every default as YAML, each key with its description (a starting point for --config)."""
+    from pipelines.config_doc import commented_yaml
+
+    if kind is _ConfigKind.curate:
+        from dataprep.config import CurateConfig
+
+        header, config = "# CurateConfig: lct curate --config FILE (unknown keys are errors)", CurateConfig()
+    elif kind is _ConfigKind.train:
+        from training.config import TrainConfig
+
+        header, config = "# TrainConfig: lct train --config FILE (unknown keys are errors)", TrainConfig()
+    else:
+        from training.generate import SceneSpec
+
+        header = "# A scene file: lct generate --scene FILE (global and shots are yours; the rest are defaults)"
+        config = SceneSpec.model_validate(EXAMPLE_SCENE)
+    typer.echo(header + "\n" + commented_yaml(config), nl=False)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ derives the DeepSpeed JSON from them, and `RUN/deepspeed.json` is what the engin
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Literal
@@ -47,7 +48,11 @@ class ModelSection(_Strict):
         base = PRESETS[self.preset]
         unknown = sorted(set(self.overrides) - set(LCTConfig.__dataclass_fields__))
         if unknown:
-            raise ValueError(f"model.overrides has unknown LCTConfig fields {unknown}")
+            known = list(LCTConfig.__dataclass_fields__)
+            hints = [f"{k} -> did you mean {close[0]}?" for k in unknown
+                     for close in [difflib.get_close_matches(k, known, n=1, cutoff=0.6)] if close]
+            raise ValueError(f"model.overrides has unknown LCTConfig fields {unknown}"
+                             + (f" ({'; '.join(hints)})" if hints else f"; LCTConfig fields are {known}"))
         fields = dict(self.overrides)
         if "patch" in fields:
             fields["patch"] = tuple(fields["patch"])
@@ -92,9 +97,11 @@ class RecipeSection(_Strict):
 
 
 class OptimSection(_Strict):
+    """AdamW, its warm-up + cosine schedule, and the batch per step."""
+
     lr: float = Field(3e-4, gt=0, description="Peak AdamW learning rate.")
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW (beta1, beta2).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
     warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps, then cosine decay.")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine ends at lr * min_lr_ratio.")
     grad_clip: float = Field(1.0, ge=0, description="Gradient norm clipping (0 = off).")
@@ -128,6 +135,8 @@ class EngineSection(_Strict):
 
 
 class ScheduleSection(_Strict):
+    """How long to train, and how often to log, checkpoint and sample."""
+
     steps: int = Field(200, ge=1, description="Optimizer steps in total (a resumed run continues to this).")
     log_every: int = Field(1, ge=1, description="Steps between metric lines (metrics.jsonl, TensorBoard).")
     report_every: int = Field(

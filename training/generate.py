@@ -53,6 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
+from dataprep.config import key_hints
 from model import SamplerConfig, Scene, Shot, sample
 from model.sampling import sample_shots
 from training.history import prompt_features, relevant_history
@@ -89,18 +90,18 @@ class ConditionSpec(_Strict):
 
 
 class ShotSpec(_Strict):
-    prompt: str = Field(..., min_length=1)
+    prompt: str = Field(..., min_length=1, description="The shot's prompt, e.g. \"[SHOT CUT] Character 1 ...\".")
     frames: int | None = Field(None, ge=1, description="Video frames; default: the checkpoint's.")
-    condition: ConditionSpec | None = None
+    condition: ConditionSpec | None = Field(None, description="A visual condition held at timestep t (optional).")
 
 
 class SceneSpec(_Strict):
     global_: str = Field("", alias="global", description="The global prompt of the scene.")
-    shots: list[ShotSpec] = Field(..., min_length=1)
-    seed: int = 0
-    steps: int = Field(30, ge=1)
+    shots: list[ShotSpec] = Field(..., min_length=1, description="The shots, in order.")
+    seed: int = Field(0, description="Seed of the noise; same seed, same latents.")
+    steps: int = Field(30, ge=1, description="Euler steps.")
     cfg: float = Field(1.0, ge=0.0, description="Classifier-free guidance scale; 1 = off.")
-    shift: float = Field(1.0, gt=0.0)
+    shift: float = Field(1.0, gt=0.0, description="Timestep shift of the sampling schedule (1 = none).")
     t_c: float = Field(0.3, ge=0.0, lt=1.0, description="Timestep of history shots (autoregressive, extend).")
 
 
@@ -110,7 +111,7 @@ def _describe(err: ValidationError) -> str:
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
         got = f" (got {e['input']!r})" if e["type"] not in ("missing",) and not isinstance(e["input"], dict) else ""
         lines.append(f"  {where}: {e['msg']}{got}")
-    return "\n".join(lines)
+    return "\n".join(lines + [f"  {hint}" for hint in key_hints(err, SceneSpec)])
 
 
 def load_scene(path: str | Path) -> SceneSpec:

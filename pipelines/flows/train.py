@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from pydantic import ValidationError
 from prefect.artifacts import create_markdown_artifact
 
-from dataprep.config import load_yaml, set_dotted
+from dataprep.config import explain, load_yaml, set_dotted
 from pipelines.flows.common import is_jobs_address, run_ray_job
 from pipelines.plot import line_chart
 from training.config import TrainConfig, dump_yaml
@@ -144,6 +145,8 @@ def effective_config(dataset: str, config: str | dict | None, overrides: dict) -
     try:
         data = load_yaml(TrainConfig, config).model_dump() if isinstance(config, str) else json.loads(json.dumps(config or {}))
         return TrainConfig.model_validate(set_dotted(data, {"data.dataset": dataset} | overrides))
+    except ValidationError as err:
+        raise TrainUsageError(f"invalid training config: {explain(err, TrainConfig)}") from err
     except ValueError as err:
         raise TrainUsageError(f"invalid training config: {err}") from err
 
