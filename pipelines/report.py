@@ -49,8 +49,30 @@ def dataset_section(root: Path) -> list[str]:
         f"{films.get('skipped', 0)} skipped; {counts.get('shots', 0)} shots in {counts.get('scenes', 0)} scenes, "
         f"{counts.get('shards', 0)} shards. Inspect it with `lct inspect {dataset}`.", "",
     ]
+    lines += truth_lines(dataset)
     lines += [_image(p, root, f"scene {p.stem}") for p in sheets] + [""]
     return lines
+
+
+def truth_lines(dataset: Path) -> list[str]:
+    """Shot F1 and scene ARI against the synthetic ground truth (dataprep.truth); nothing without truth files."""
+    from dataprep.truth import score_dataset
+
+    scores = score_dataset(dataset)
+    if scores is None:
+        return []
+    lines = [
+        f"Against the ground truth of the {scores['films']} synthetic films (`*.truth.json`): "
+        f"**shot F1 {scores['shot_f1']:.3f}** (precision {scores['shot_precision']:.3f}, recall "
+        f"{scores['shot_recall']:.3f}; hard cuts, ±{scores['tolerance_frames']} frame), "
+        f"**scene ARI {scores['scene_ari']:.3f}** (1 = the true scenes exactly); "
+        f"{scores['scenes']} scenes curated where the truth has {scores['true_scenes']}.", "",
+        "| film | cuts found / true | shot F1 | scenes curated / true | scene ARI |", "|---|---|---|---|---|",
+    ]
+    for f in scores["per_film"]:
+        lines.append(f"| `{f['film']}` | {f['cuts']} / {f['true_cuts']} | {f['shot_f1']:.3f} | "
+                     f"{f['scenes']} / {f['true_scenes']} | {f['scene_ari']:.3f} |")
+    return lines + [""]
 
 
 def training_section(root: Path) -> list[str]:
