@@ -58,14 +58,51 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# Custom Ray metrics of a training run (Prometheus: ray_<name>{run="<run dir name>"}); the Grafana
+# dashboard infra/grafana/lct.json plots them. metric key -> (Ray gauge name, description)
+RAY_GAUGES = {
+    "step": ("lct_train_step", "Optimizer step of the run."),
+    "loss": ("lct_train_loss", "Training loss of the last logged step (mean over workers)."),
+    "samples_per_s": ("lct_train_samples_per_s", "Scenes per second over all workers."),
+    "data_wait": ("lct_train_data_wait", "Share of the step rank 0 waited for data (0-1)."),
+    "mfu": ("lct_train_mfu", "Model FLOPs utilisation estimate (0-1)."),
+}
+
+
+class _RayGauges:
+    """The RAY_GAUGES of one run, set from rank 0's metrics; nothing when Ray is not running."""
+
+    def __init__(self, run: str):
+        import ray
+        from ray.util import metrics
+
+        self.run = run
+        self.gauges = {key: metrics.Gauge(name, desc, tag_keys=("run",)) for key, (name, desc) in RAY_GAUGES.items()}
+        assert ray.is_initialized()
+
+    def set(self, values: dict) -> None:
+        for key, gauge in self.gauges.items():
+            if isinstance(values.get(key), (int, float)):
+                gauge.set(float(values[key]), tags={"run": self.run})
+
+
+def _ray_gauges(run: str) -> _RayGauges | None:
+    try:
+        import ray
+    except ImportError:
+        return None
+    return _RayGauges(run) if ray.is_initialized() else None
+
+
 class MetricsWriter:
-    """Rank 0's sink: RUN/metrics.jsonl + TensorBoard (RUN/tb)."""
+    """Rank 0's sink: RUN/metrics.jsonl + TensorBoard (RUN/tb) + Ray gauges (inside Ray)."""
 
     def __init__(self, run_dir: Path):
         from torch.utils.tensorboard import SummaryWriter
 
         self.jsonl = (run_dir / "metrics.jsonl").open("a")
         self.tb = SummaryWriter(str(run_dir / "tb"))
+        self.ray = _ray_gauges(Path(run_dir).name)
 
     def write(self, step: int, metrics: dict) -> None:
         self.jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
@@ -73,6 +110,8 @@ class MetricsWriter:
         for key, value in metrics.items():
             if isinstance(value, (int, float)):
                 self.tb.add_scalar(key, value, step)
+        if self.ray:
+            self.ray.set({"step": step, **metrics})
 
     def close(self) -> None:
         self.jsonl.close()
