@@ -363,7 +363,7 @@ def eval_(
     ),
     steps: int = typer.Option(30, "--steps", min=1, help="Euler steps per generation."),
     seed: int = typer.Option(0, "--seed", help="Seed of every generation."),
-    cfg: float = typer.Option(1.0, "--cfg", help="Classifier-free guidance scale (1 = off)."),
+    cfg: Optional[float] = typer.Option(None, "--cfg", help="Classifier-free guidance scale (1 = off; default: on if the checkpoint was trained with prompt dropout)."),
     device: str = typer.Option("cpu", "--device", help="Torch device: cpu or cuda."),
 ):
     """Generate held-out scenes in every mode and score consistency, text alignment and smoothness vs the real ones."""

@@ -27,7 +27,7 @@ def demo_scene(dataset: Path, directory: Path, heldout: int, steps: int, seed: i
     frames, _ = read_frames(scene.mp4s[0])
     Image.fromarray(frames[0]).save(directory / "condition.png")
     shots = [{"prompt": c or "(no caption)"} for c in scene.captions[:MAX_SHOTS]]
-    plain = {"global": scene.global_caption, "shots": shots, "seed": seed, "steps": steps, "cfg": 1.0}
+    plain = {"global": scene.global_caption, "shots": shots, "seed": seed, "steps": steps}   # cfg: the checkpoint's default
     (directory / "scene-plain.yaml").write_text(yaml.safe_dump(plain, sort_keys=False))
     shots = [dict(shots[0], condition={"image": "condition.png", "t": 0.0})] + shots[1:]
     (directory / "scene.yaml").write_text(yaml.safe_dump(dict(plain, shots=shots), sort_keys=False))

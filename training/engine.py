@@ -199,6 +199,7 @@ def export(engine, cfg: TrainConfig, run_dir: Path, step: int, ema: EMA | None) 
         path = write_export(
             model, run_dir / "export", text=cfg.data.text_config(), codec=cfg.data.codec_config(),
             frames=cfg.data.frames, fps=cfg.data.fps, step=step, run=str(run_dir),
+            text_dropout=cfg.recipe.text_dropout,
         )
     dist.barrier()
     return path

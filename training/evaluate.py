@@ -45,7 +45,7 @@ from dataprep.config import EmbedConfig
 from dataprep.embed import ClipEmbedder
 from dataprep.scenes import colour_histogram, histogram_similarity
 from training.data import heldout_keys, shard_paths
-from training.generate import Plan, SceneSpec, ShotSpec, generate, plan_scene
+from training.generate import Plan, SceneSpec, ShotSpec, default_cfg, generate, plan_scene
 from training.inference import InferenceBundle
 from training.video import decode_clip
 
@@ -169,7 +169,7 @@ def generate_row(bundle: InferenceBundle, spec: SceneSpec, mode: str, real_shot0
 
 def evaluate(
     bundle: InferenceBundle, dataset_dir: str | Path, out: str | Path, scenes: int = 8,
-    modes: tuple[str, ...] = MODES, steps: int = 30, seed: int = 0, cfg: float = 1.0,
+    modes: tuple[str, ...] = MODES, steps: int = 30, seed: int = 0, cfg: float | None = None,
     embed: EmbedConfig | None = None, on_progress: OnProgress | None = None,
 ) -> dict:
     """Generate and score the held-out scenes; writes OUT/eval.json and OUT/eval.md, returns the report."""
@@ -180,6 +180,7 @@ def evaluate(
     summary_path = dataset_dir / "dataset.json"
     if not summary_path.is_file():
         raise FileNotFoundError(f"{dataset_dir} is not a curated dataset: {summary_path} is missing")
+    cfg = default_cfg(bundle) if cfg is None else cfg
     embed = embed or EmbedConfig.model_validate(json.loads(summary_path.read_text())["config"]["embed"])
     keys = heldout_keys(dataset_dir, scenes)
     if not keys:

@@ -13,16 +13,20 @@ Scene file (YAML; unknown keys are errors):
       - prompt: "Character 1 slides to the left"     # "[SHOT CUT] " is added (never doubled)
         frames: 8                                     # default: the checkpoint's frames per shot
         condition: {image: ref.png, t: 0.0}           # or {clip: ref.mp4, t: 0.0}; optional
+    references:                                       # optional: reference-only condition shots
+      - {image: hero.png, prompt: "Character 1"}      # seen by every shot, not part of the film
     seed: 0
     steps: 30
-    cfg: 1.0          # classifier-free guidance scale (1 = off, one forward per step)
+    cfg: 3.0          # classifier-free guidance scale (1 = off, one forward per step); default:
+                      # DEFAULT_CFG when the checkpoint was trained with prompt dropout, else 1
     shift: 1.0        # SD3 timestep shift of the Euler grid
     t_c: 0.3          # autoregressive / extend: history shots are re-noised to this t
 
 Modes:
     joint           all shots denoised together (<= max_shots shots).
-    conditioned     shots with a `condition` are given (an image repeated over the shot's
-                    frames, or a clip) and held at the condition's t (0 = clean, returned as
+    conditioned     shots with a `condition` are given (an image as a single-frame shot, as in
+                    training's image shots, unless the shot sets `frames`: then the image is
+                    repeated; or a clip) and held at the condition's t (0 = clean, returned as
                     is) while the others are denoised. model/sampling.py holds every given shot
                     at one t_c, so all conditions of a scene must share the same t.
     autoregressive  shot by shot with a history pool (training/history.py): any number of
@@ -32,6 +36,12 @@ Modes:
                     with segment k - 1 as history (at t_c), prompts used as written (no
                     "[SHOT CUT]"), and the segments are concatenated into one long shot. A t=0
                     condition on segment 0 extends an existing image / clip.
+
+References (compositional generation, the paper's emergent ability): identity or environment
+images given as clean single-frame condition shots placed before the scene's shots. Every shot
+attends to them (joint / conditioned: one attention over all; autoregressive: they are history),
+but they are not part of the output film: no shot file, not in scene.mp4 or the sheet. In joint
+mode a scene with references runs as conditioned (the references are its given shots).
 
 Everything is deterministic under the seed: noise is drawn on a CPU generator in shot order.
 """
@@ -89,6 +99,11 @@ class ConditionSpec(_Strict):
         return self.image or self.clip
 
 
+class ReferenceSpec(_Strict):
+    image: str = Field(..., description="PNG/JPG of an identity or an environment (a single-frame shot).")
+    prompt: str = Field("reference", min_length=1, description="The reference shot's prompt, e.g. 'Character 1'.")
+
+
 class ShotSpec(_Strict):
     prompt: str = Field(..., min_length=1, description="The shot's prompt, e.g. \"[SHOT CUT] Character 1 ...\".")
     frames: int | None = Field(None, ge=1, description="Video frames; default: the checkpoint's.")
@@ -98,9 +113,13 @@ class ShotSpec(_Strict):
 class SceneSpec(_Strict):
     global_: str = Field("", alias="global", description="The global prompt of the scene.")
     shots: list[ShotSpec] = Field(..., min_length=1, description="The shots, in order.")
+    references: list[ReferenceSpec] = Field(
+        default_factory=list, description="Reference-only condition shots: seen by every shot, not in the film.")
     seed: int = Field(0, description="Seed of the noise; same seed, same latents.")
     steps: int = Field(30, ge=1, description="Euler steps.")
-    cfg: float = Field(1.0, ge=0.0, description="Classifier-free guidance scale; 1 = off.")
+    cfg: float | None = Field(
+        None, ge=0.0, description="Classifier-free guidance scale; 1 = off; default: DEFAULT_CFG if the "
+        "checkpoint was trained with prompt dropout, else 1.")
     shift: float = Field(1.0, gt=0.0, description="Timestep shift of the sampling schedule (1 = none).")
     t_c: float = Field(0.3, ge=0.0, lt=1.0, description="Timestep of history shots (autoregressive, extend).")
 
@@ -137,7 +156,20 @@ def load_scene(path: str | Path) -> SceneSpec:
         if not full.is_file():
             raise SceneError(f"shot {i}: condition {'image' if cond.image else 'clip'} {cond.path!r} not found (looked for {full})")
         shot.condition = cond.model_copy(update={"image" if cond.image else "clip": str(full)})
+    for i, ref in enumerate(spec.references):
+        full = (path.parent / ref.image).resolve()
+        if not full.is_file():
+            raise SceneError(f"reference {i}: image {ref.image!r} not found (looked for {full})")
+        spec.references[i] = ref.model_copy(update={"image": str(full)})
     return spec
+
+
+DEFAULT_CFG = 3.0     # guidance scale when the checkpoint was trained with prompt dropout
+
+
+def default_cfg(bundle: InferenceBundle) -> float:
+    """DEFAULT_CFG if the checkpoint learnt the null prompt (recipe.text_dropout > 0), else 1 (off)."""
+    return DEFAULT_CFG if float(bundle.info.get("text_dropout") or 0.0) > 0 else 1.0
 
 
 # -- what to generate ---------------------------------------------------------------------------
@@ -151,11 +183,12 @@ class Plan:
     frames: list[int]                           # per shot video frames
     given: dict[int, Tensor]                    # shot -> clean latent of its condition
     sampler: SamplerConfig
+    references: int = 0                         # the first `references` shots are reference-only
 
 
 def default_mode(spec: SceneSpec) -> str:
-    """conditioned when the scene has a condition, else joint."""
-    return "conditioned" if any(s.condition for s in spec.shots) else "joint"
+    """conditioned when the scene has a condition or a reference, else joint."""
+    return "conditioned" if spec.references or any(s.condition for s in spec.shots) else "joint"
 
 
 def plan_scene(
@@ -171,11 +204,20 @@ def plan_scene(
         spec = SceneSpec.model_validate(spec.model_dump(by_alias=True) | overrides)
     except ValidationError as e:
         raise SceneError(f"invalid value from the command line:\n{_describe(e)}") from e
+    refs = len(spec.references)
+    if refs and mode == "extend":
+        raise SceneError("references are for scenes of shots; --mode extend continues one shot (drop `references`)")
+    if refs and mode == "joint":
+        mode = "conditioned"                                  # the references are the given shots
+    if refs:                                                  # references first, as clean single-frame shots
+        shots = [ShotSpec(prompt=r.prompt, frames=1, condition=ConditionSpec(image=r.image, t=0.0))
+                 for r in spec.references]
+        spec = spec.model_copy(update={"shots": shots + list(spec.shots)})
     model_cfg = bundle.model.cfg
     S = len(spec.shots)
     if mode in ("joint", "conditioned") and S > model_cfg.max_shots:
         raise SceneError(
-            f"the scene has {S} shots but the model sees at most max_shots={model_cfg.max_shots} at once; "
+            f"the scene has {S} shots{f' (with {refs} references)' if refs else ''} but the model sees at most max_shots={model_cfg.max_shots} at once; "
             "use --mode autoregressive (each shot then sees the most relevant earlier shots) or split the scene"
         )
     conds = {i: s.condition for i, s in enumerate(spec.shots) if s.condition is not None}
@@ -200,7 +242,7 @@ def plan_scene(
     p_t, p_h, p_w = model_cfg.patch
     shapes, frames = [], []
     for i, shot in enumerate(spec.shots):
-        f = shot.frames or bundle.frames
+        f = shot.frames or (1 if shot.condition and shot.condition.image else bundle.frames)
         try:
             shape = tuple(bundle.codec.latent_shape(f, H, W))
         except ValueError as e:
@@ -217,12 +259,13 @@ def plan_scene(
 
     given = {i: condition_latent(c, bundle, frames[i], shapes[i], i) for i, c in conds.items()}
     t_c = next(iter(conds.values())).t if mode == "conditioned" else spec.t_c
-    sampler = SamplerConfig(steps=spec.steps, shift=spec.shift, cfg_scale=spec.cfg, t_c=t_c, seed=spec.seed)
-    return Plan(spec, mode, shapes, frames, given, sampler)
+    cfg_scale = spec.cfg if spec.cfg is not None else default_cfg(bundle)
+    sampler = SamplerConfig(steps=spec.steps, shift=spec.shift, cfg_scale=cfg_scale, t_c=t_c, seed=spec.seed)
+    return Plan(spec, mode, shapes, frames, given, sampler, refs)
 
 
 def load_condition_frames(cond: ConditionSpec, frames: int, fps: float, size: tuple[int, int]) -> np.ndarray:
-    """(F, H, W, 3) uint8: an image repeated `frames` times, or a clip sampled at fps; fitted to size."""
+    """(F, H, W, 3) uint8: an image repeated `frames` times (1 by default), or a clip sampled at fps; fitted to size."""
     if cond.image:
         try:
             with Image.open(cond.image) as img:
@@ -282,8 +325,15 @@ def generate(bundle: InferenceBundle, plan: Plan, on_step: OnStep | None = None,
     else:
         if plan.mode == "autoregressive":
             feats = prompt_features(bundle.text, prompts)
-            cap = model.cfg.max_shots - 1
-            select = lambda k: relevant_history(feats, k, cap)          # noqa: E731
+            cap, R = model.cfg.max_shots - 1, plan.references
+            if R and cap <= R:
+                raise SceneError(f"{R} references leave no room for history: the model sees at most "
+                                 f"max_shots={model.cfg.max_shots} shots at once; give at most {cap - 1} references")
+
+            def select(k: int) -> list[int]:                            # references are always seen
+                if k <= R:
+                    return list(range(k))
+                return list(range(R)) + [j for j in relevant_history(feats, k, cap - R) if j >= R]
         else:
             select = lambda k: [k - 1] if k else []                      # noqa: E731
         step = None if on_step is None else (lambda k, done, n: on_step(f"shot {k + 1}/{S}", done, n))
@@ -291,7 +341,7 @@ def generate(bundle: InferenceBundle, plan: Plan, on_step: OnStep | None = None,
         latents, history, seconds, cache = out.latents, out.history, out.seconds, out.cache
         total = time.perf_counter() - start
     latents = [z.detach().float().cpu() for z in latents]
-    units = [list(range(S))] if plan.mode == "extend" else [[i] for i in range(S)]
+    units = [list(range(S))] if plan.mode == "extend" else [[i] for i in range(plan.references, S)]
     record = _record(bundle, plan, prompts, history, seconds, cache, total, device)
     return Generation(latents, units, prompts, record)
 
@@ -319,11 +369,12 @@ def _record(bundle, plan, prompts, history, seconds, cache, total, device) -> di
     for i, shot in enumerate(spec.shots):
         cond = shot.condition.model_dump(exclude_none=True) if shot.condition else None
         shots.append({
-            "prompt": prompts[i], "frames": plan.frames[i], "latent_shape": list(plan.shapes[i]),
+            "reference": i < plan.references, "prompt": prompts[i], "frames": plan.frames[i], "latent_shape": list(plan.shapes[i]),
             "condition": cond, "history": history[i], "seconds": round(seconds[i], 4), "kv_cache": cache[i],
         })
     return {
-        "mode": plan.mode, "global": spec.global_, "seed": spec.seed, "steps": spec.steps, "cfg": spec.cfg,
+        "mode": plan.mode, "global": spec.global_, "seed": spec.seed, "steps": spec.steps, "cfg": plan.sampler.cfg_scale,
+        "references": plan.references,
         "shift": spec.shift, "t_c": plan.sampler.t_c,
         "checkpoint": {"path": str(bundle.path), "step": bundle.info.get("step"), "run": bundle.info.get("run", "")},
         "model": {"attention": bundle.model.cfg.attention, "max_shots": bundle.model.cfg.max_shots},

@@ -6,7 +6,8 @@
 
 An export dir holds `model.safetensors` + `config.json` (model/export.py: the LCTConfig) and
 `lct.json`: the text encoder config, the latent codec config (its `size` is the frame size the
-model was trained at), frames per shot, fps and the training step. No DeepSpeed, no pickle.
+model was trained at), frames per shot, fps, the training step and the prompt-dropout rate it
+was trained with (`text_dropout`; > 0 turns classifier-free guidance on by default). No DeepSpeed, no pickle.
 
 Prompts follow the paper's sequence: the global prompt, then per shot "[SHOT CUT] " + caption.
 """
@@ -42,7 +43,7 @@ class InferenceBundle:
 
 def write_export(
     model: LCT, directory: str | Path, *, text: TextEncoderConfig, codec: LatentCodecConfig,
-    frames: int, fps: float, step: int, run: str = "",
+    frames: int, fps: float, step: int, run: str = "", text_dropout: float = 0.0,
 ) -> Path:
     """save_export + lct.json; written to a temp dir and renamed so a reader never sees half of it."""
     directory = Path(directory)
@@ -57,6 +58,7 @@ def write_export(
         "text": dataclasses.asdict(text) | {"cache_dir": None},
         "codec": dataclasses.asdict(codec),
         "frames": frames, "fps": fps, "size": list(codec.size), "step": step, "run": run,
+        "text_dropout": text_dropout,     # > 0: the model learnt the null prompt, so CFG is on by default
     }
     (tmp / INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     if directory.exists():

@@ -41,6 +41,15 @@ def sample_timesteps(shot_mask: Tensor, recipe: RecipeSection, gen: torch.Genera
     return t.expand(B, S).contiguous()
 
 
+def model_timesteps(t: Tensor, device: torch.device | str) -> Tensor:
+    """The (B, S) t handed to the model: float32 whatever the weight dtype.
+
+    The model embeds t in float32 (model.layers.timestep_embedding); casting it to bf16 first
+    would move 0.9 to 0.8984, so the model would be told another t than the one that noised the shot.
+    """
+    return t.to(device=device, dtype=torch.float32)
+
+
 def add_noise(latents: list[list[Tensor]], t: Tensor, gen: torch.Generator) -> tuple[list[list[Tensor]], list[list[Tensor]]]:
     """Per shot: z_t = (1 - t) z0 + t eps and the velocity target eps - z0 (same nesting as latents)."""
     noisy, targets = [], []

@@ -41,7 +41,7 @@ from .engine import (
     prune_checkpoints, read_state, write_checkpoint,
 )
 from .metrics import MetricsWriter, matmul_peak, peak_memory_mb, rank_state_mb, train_step_flops
-from .objective import add_noise, bucket_losses, drop_prompts, flow_loss, sample_timesteps
+from .objective import add_noise, bucket_losses, drop_prompts, flow_loss, model_timesteps, sample_timesteps
 from .samples import validation_scene, write_samples
 
 log = logging.getLogger("lct.train")
@@ -167,7 +167,7 @@ def train_worker(args: dict) -> None:
                 [Scene(s.global_text, [Shot(sh.text, z) for sh, z in zip(s.shots, zs)]) for s, zs in zip(scenes, noisy)],
                 lct_cfg,
             ).to(device)
-            out = engine(batch, t.to(device, engine.module.txt_in.weight.dtype), packed=True)   # (B, Lv, patch_dim)
+            out = engine(batch, model_timesteps(t, device), packed=True)          # (B, Lv, patch_dim)
             velocities = unpack(out, batch, lct_cfg.patch)                        # v[b][i] (C, F, H, W)
             loss, per_shot = flow_loss(velocities, targets, batch.shot_mask)
             engine.backward(loss)

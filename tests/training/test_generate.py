@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from model import LCT, PRESETS, LatentCodecConfig, SamplerConfig, Scene, Shot, TextEncoderConfig, build_codec, sample
 from model.sampling import sample_shots
 from pipelines.cli import app
-from training.generate import SceneError, generate, load_scene, plan_scene, write_outputs
+from training.generate import DEFAULT_CFG, SceneError, generate, load_scene, plan_scene, write_outputs
 from training.history import prompt_features, recent_history, relevant_history
 from training.inference import load_bundle, write_export
 from training.video import decode_clip, encode_mp4
@@ -23,14 +23,15 @@ from training.video import decode_clip, encode_mp4
 SIZE, FRAMES = (16, 16), 4
 
 
-def make_checkpoint(directory: Path, attention: str = "context_causal", max_shots: int = 9, seed: int = 0) -> Path:
+def make_checkpoint(directory: Path, attention: str = "context_causal", max_shots: int = 9, seed: int = 0,
+                    text_dropout: float = 0.0) -> Path:
     """A tiny lct-debug export with seeded N(0, 0.02) weights (a fresh LCT outputs v = 0: adaLN-Zero)."""
     model = LCT(PRESETS["lct-debug"].with_(attention=attention, max_shots=max_shots))
     gen = torch.Generator().manual_seed(seed)
     for p in model.parameters():
         p.data.normal_(0.0, 0.02, generator=gen)
     write_export(model, directory / "export", text=TextEncoderConfig(), codec=LatentCodecConfig(size=SIZE),
-                 frames=FRAMES, fps=8.0, step=7)
+                 frames=FRAMES, fps=8.0, step=7, text_dropout=text_dropout)
     return directory
 
 
@@ -86,6 +87,58 @@ def test_a_conditioned_shot_at_t0_comes_out_unchanged(bundle, tmp_path):
     assert np.abs(frames.astype(int) - image[None].astype(int)).max() <= 1   # uint8 rounding only
     joint = run_mode(bundle, tmp_path, "joint")
     assert not torch.allclose(result.latents[2], joint.latents[2])            # shot 2 sees the condition
+
+
+def test_an_image_condition_is_a_single_frame_shot_unless_frames_are_set(bundle, tmp_path):
+    image = np.random.default_rng(2).integers(0, 256, (*SIZE, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "ref.png")
+    single = [{"prompt": "still", "condition": {"image": "ref.png"}}, SHOTS[1]]
+    plan = plan_scene(load_scene(write_scene(tmp_path, single)), bundle)
+    assert plan.shapes[0] == (3, 1, *SIZE) and plan.frames[0] == 1           # as training's image shots
+    assert plan.shapes[1] == (3, FRAMES, *SIZE)
+    repeated = [{"prompt": "still", "frames": 4, "condition": {"image": "ref.png"}}, SHOTS[1]]
+    plan = plan_scene(load_scene(write_scene(tmp_path, repeated)), bundle)
+    assert plan.shapes[0] == (3, 4, *SIZE)
+    frames = bundle.codec.decode(plan.given[0]).numpy()
+    assert all(np.array_equal(frames[0], f) for f in frames)
+
+
+def test_references_are_seen_by_every_shot_but_not_in_the_film(bundle, tmp_path):
+    rng = np.random.default_rng(3)
+    for name in ("hero.png", "other.png"):
+        Image.fromarray(rng.integers(0, 256, (*SIZE, 3), dtype=np.uint8)).save(tmp_path / name)
+    shots = SHOTS[:2]
+    with_ref = load_scene(write_scene(tmp_path, shots, references=[{"image": "hero.png", "prompt": "Character 1"}]))
+    plan = plan_scene(with_ref, bundle, "joint")
+    assert plan.mode == "conditioned" and plan.references == 1 and plan.shapes[0] == (3, 1, *SIZE)
+    result = generate(bundle, plan)
+    assert result.shots == [[1], [2]]                                         # the reference is no output
+    plain = run_mode(bundle, tmp_path, "joint", shots=shots)
+    other = generate(bundle, plan_scene(load_scene(write_scene(
+        tmp_path, shots, references=[{"image": "other.png", "prompt": "Character 1"}])), bundle, "joint"))
+    for k in (1, 2):                                                          # every shot sees the reference
+        assert not torch.allclose(result.latents[k], plain.latents[k - 1], atol=1e-4)
+        assert (result.latents[k] - other.latents[k]).abs().max() > 1e-6     # ... and its content
+    files = write_outputs(result, bundle, tmp_path / "out")
+    assert sorted(p.name for p in files if p.name.startswith("shot-")) == ["shot-000.mp4", "shot-001.mp4"]
+    record = json.loads((tmp_path / "out" / "generation.json").read_text())
+    assert record["references"] == 1 and [s["reference"] for s in record["shots"]] == [True, False, False]
+    ar = generate(bundle, plan_scene(with_ref, bundle, "autoregressive"))
+    assert [s["history"] for s in ar.record["shots"]] == [[], [0], [0, 1]]    # references always history
+    with pytest.raises(SceneError, match="references are for scenes of shots"):
+        plan_scene(with_ref, bundle, "extend")
+    with pytest.raises(SceneError, match="reference 0: image 'missing.png' not found"):
+        load_scene(write_scene(tmp_path / "m", shots, references=[{"image": "missing.png"}]))
+
+
+def test_guidance_is_on_by_default_when_trained_with_prompt_dropout(bundle, tmp_path):
+    dropped = load_bundle(make_checkpoint(tmp_path / "d", text_dropout=0.1))
+    spec = load_scene(write_scene(tmp_path, SHOTS))
+    assert plan_scene(spec, dropped, "joint").sampler.cfg_scale == DEFAULT_CFG > 1
+    assert plan_scene(spec, bundle, "joint").sampler.cfg_scale == 1.0         # no null prompt learnt: off
+    assert plan_scene(spec, dropped, "joint", cfg=1.0).sampler.cfg_scale == 1.0
+    explicit = load_scene(write_scene(tmp_path / "e", SHOTS, cfg=2.0))
+    assert plan_scene(explicit, dropped, "joint").sampler.cfg_scale == 2.0
 
 
 def test_a_clip_condition_is_sampled_at_the_checkpoint_fps(bundle, tmp_path):
