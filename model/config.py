@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from .rope import rope_axes
+
 AttentionMode = Literal["bidirectional", "context_causal"]
 ATTENTION_MODES: tuple[str, ...] = ("bidirectional", "context_causal")
 
@@ -61,13 +63,8 @@ class LCTConfig:
 
     @property
     def rope_axes(self) -> tuple[int, int, int]:
-        """Channels of one head given to the (t, h, w) RoPE axes; each even, summing to head_dim.
-
-        h and w get 2 * (head_dim // 6) channels each, t gets the rest (t >= h = w), so e.g.
-        head_dim 64 -> (24, 20, 20), 128 -> (44, 42, 42). This is the only place it is computed.
-        """
-        hw = 2 * (self.head_dim // 6)
-        return (self.head_dim - 2 * hw, hw, hw)
+        """Channels of one head per (t, h, w) RoPE axis: `model.rope.rope_axes(head_dim)`."""
+        return rope_axes(self.head_dim)
 
     @property
     def patch_dim(self) -> int:

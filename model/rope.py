@@ -52,6 +52,17 @@ def scene_position_ids(
     return torch.cat(parts).contiguous()
 
 
+def rope_axes(head_dim: int) -> tuple[int, int, int]:
+    """Channels of one head given to the (t, h, w) RoPE axes; each even, summing to head_dim.
+
+    h and w get 2 * (head_dim // 6) channels each, t gets the rest (t >= h = w), so e.g.
+    head_dim 64 -> (24, 20, 20), 128 -> (44, 42, 42). Wan's `WanRotaryPosEmbed` splits the same
+    way (tests/model/test_wan.py checks it at several head dims); this is the only place lct does.
+    """
+    hw = 2 * (head_dim // 6)
+    return (head_dim - 2 * hw, hw, hw)
+
+
 def rope_frequencies(
     ids: Tensor, axes_dims: tuple[int, int, int], theta: float = 10_000.0
 ) -> tuple[Tensor, Tensor]:
@@ -80,3 +91,15 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     x_even, x_odd = x[..., 0::2], x[..., 1::2]
     out = torch.stack([x_even * cos - x_odd * sin, x_even * sin + x_odd * cos], dim=-1)
     return out.flatten(-2)                                       # (B, heads, L, head_dim)
+
+
+def shot_position_ids(grids: list[tuple[int, int, int]]) -> Tensor:
+    """(Lv, 3) int64 (f, h, w) ids of the video tokens of a scene for a cross-attention backbone (Wan).
+
+    Wan's text enters through cross-attention and has no positions, so its scene layout is the
+    rule above with no text groups: video token (f, y, x) of shot i -> (s_i + f, s_i + y, s_i + x),
+    s_1 = 0, s_{i+1} = s_i + max(F'_i, H'_i, W'_i). Shots never share a coordinate triple, a
+    one-shot scene gets Wan's native ids (f, y, x), and relative positions inside a shot are
+    unchanged. grids[i] = (F', H', W') patch grid of shot i.
+    """
+    return scene_position_ids([0] * len(grids), list(grids))
