@@ -33,6 +33,8 @@ class FilmResult:
     fps: float = 0.0
     n_frames: int = 0  # frames decoded by the shot stage
     n_detected: int = 0
+    decode_errors: int = 0  # errors FFmpeg logged while decoding the film (concealed damage)
+    corrupt_frames: int = 0  # decoded frames FFmpeg flagged as corrupt
     spans: list[Span] = field(default_factory=list)  # every candidate shot, kept or dropped
     clips: list[ShotClip] = field(default_factory=list)  # one per kept span, in order
     sidecar: object | None = None  # dataprep.caption.Sidecar
@@ -84,6 +86,7 @@ def process_film(uri: str, cfg: CurateConfig, cache_dir: Path) -> FilmResult:
         detection = detect_shots(path, cfg.shots, result.info)
         result.fps, result.n_frames = detection.fps, detection.n_frames
         result.n_detected = len(detection.shots)
+        result.decode_errors, result.corrupt_frames = detection.decode_errors, detection.corrupt_frames
         spans = filter_shots(detection.shots, detection.luma, detection.motion, detection.fps, cfg.filters)
         kept = [(s.start_frame, s.end_frame) for s in spans if s.kept]
         clips = extract_clips(str(path), kept, detection.fps, cfg.clips, result.info.rotation)

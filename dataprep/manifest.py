@@ -32,6 +32,8 @@ FILM_SCHEMA = pa.schema(
         ("codec", pa.string()),
         ("n_frames", pa.int64()),
         ("n_detected", pa.int32()),  # shots found by the detector, before filters
+        ("decode_errors", pa.int32()),  # errors FFmpeg logged decoding the film (damage it concealed)
+        ("corrupt_frames", pa.int32()),  # decoded frames FFmpeg flagged as corrupt
         ("n_shots", pa.int32()),  # shots written into scenes
         ("n_scenes", pa.int32()),
         ("shard", pa.string()),

@@ -47,6 +47,8 @@ def film_row(result: FilmResult, status: str, error: str | None, n_shots: int = 
         "codec": info.codec if info else None,
         "n_frames": result.n_frames or None,
         "n_detected": result.n_detected,
+        "decode_errors": result.decode_errors,
+        "corrupt_frames": result.corrupt_frames,
         "n_shots": n_shots,
         "n_scenes": n_scenes,
         "shard": None,

@@ -7,8 +7,10 @@ way training reads the shards.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -20,6 +22,22 @@ from PIL import Image, ImageDraw, ImageFont
 
 THUMB = 128
 CAPTION_W = 360
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")  # what a scene key may be, used as a file name
+
+
+def safe_filename(name: str) -> str:
+    """A file name (no folder part) for a name taken from data, e.g. a tar member's key.
+
+    Scene keys written by `lct curate` (`{film_id}-{scene_index:05d}`) pass unchanged. Anything
+    else (`../x`, `/abs/path`, a NUL, a leading dot, 500 characters) has every character outside
+    [A-Za-z0-9._-] replaced by `_`, is cut to 80 characters and gets a hash of the original
+    appended, so two different keys never share a file and no key can name a path outside.
+    """
+    if SAFE_NAME.fullmatch(name) and ".." not in name:
+        return name
+    digest = hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=6).hexdigest()
+    cleaned = re.sub(r"[^A-Za-z0-9_-]", "_", name).strip("_")[:80]  # dots too: no `..`, no hidden file
+    return f"{cleaned}-{digest}" if cleaned else f"key-{digest}"
 
 
 def load_summary(out_dir: Path) -> dict:
@@ -74,7 +92,11 @@ def contact_sheet(sample: dict, k: int = 3) -> Image.Image:
 
 
 def write_sheets(out_dir: Path, max_sheets: int | None = None, progress=None) -> list[Path]:
-    """Contact sheets into DIR/inspect/<scene_id>.png; returns their paths."""
+    """Contact sheets into DIR/inspect/<scene_id>.png; returns their paths.
+
+    The file name comes from the shard (the sample key), so it goes through `safe_filename`:
+    a crafted shard cannot write outside DIR/inspect.
+    """
     out_dir = Path(out_dir)
     shards = sorted(str(p) for p in (out_dir / "shards").glob("scenes-*.tar"))
     target = out_dir / "inspect"
@@ -85,7 +107,9 @@ def write_sheets(out_dir: Path, max_sheets: int | None = None, progress=None) ->
     for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False):
         if max_sheets is not None and len(written) >= max_sheets:
             break
-        path = target / f"{sample['__key__']}.png"
+        path = target / f"{safe_filename(sample['__key__'])}.png"
+        if path.resolve().parent != target.resolve():  # an invariant of safe_filename
+            raise AssertionError(f"contact sheet path {path} escapes {target}")
         contact_sheet(sample).save(path)
         written.append(path)
         if progress:

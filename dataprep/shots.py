@@ -18,6 +18,11 @@ which ContentDetector misses, become cuts at their midpoints.
 Frames are numbered from 0 in the order the decoder outputs them (presentation order), which
 is PySceneDetect's numbering for constant-frame-rate films. A film whose tail does not decode (a truncated download) keeps
 the frames that did decode; a film with no decodable frame is a `FilmError`.
+
+Damage the decoder hides (FFmpeg conceals a corrupt slice and goes on) is counted, not fixed:
+`decode_errors` = error messages FFmpeg logged during the decode (e.g. "error while decoding
+MB 51 0") plus a decode error that ended the stream early; `corrupt_frames` = frames FFmpeg
+flagged as corrupt. Both go into films.parquet, so a user can filter damaged films.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.logging
 import cv2
 import numpy as np
 from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode, SceneDetector
@@ -61,6 +67,8 @@ class ShotDetection:
     motion: np.ndarray  # (N,) float32 mean |grey_i - grey_{i-1}|, 0-255, motion[0] = 0
     n_frames: int  # N, frames actually decoded
     fps: float
+    decode_errors: int = 0  # errors FFmpeg logged (or raised) while decoding
+    corrupt_frames: int = 0  # decoded frames FFmpeg flagged as corrupt (concealed damage)
 
     @property
     def starts(self) -> list[int]:
@@ -81,7 +89,9 @@ def detect_shots(path: str | Path, cfg: ShotsConfig = ShotsConfig(), info: Probe
         fps = Fraction(info.fps_fraction) if info is not None else frame_rate(stream)
         width, height = scaled_size(stream.width, stream.height, cfg.downscale_width)
         detector = make_detector(cfg)
-        cuts, luma, motion, thumbs = _scan(container, stream, detector, fps, width, height, path)
+        counts = DecodeCounts()
+        with counting_decode_errors(counts):
+            cuts, luma, motion, thumbs = _scan(container, stream, detector, fps, width, height, path, counts)
     finally:
         container.close()
 
@@ -96,10 +106,37 @@ def detect_shots(path: str | Path, cfg: ShotsConfig = ShotsConfig(), info: Probe
         motion=np.asarray(motion, dtype=np.float32),
         n_frames=n_frames,
         fps=float(fps),
+        decode_errors=counts.errors,
+        corrupt_frames=counts.corrupt_frames,
     )
 
 
-def _scan(container, stream, detector: SceneDetector, fps: Fraction, width: int, height: int, path: Path):
+@dataclass
+class DecodeCounts:
+    errors: int = 0  # FFmpeg error messages logged, plus an exception that ended the decode
+    corrupt_frames: int = 0
+
+
+@contextlib.contextmanager
+def counting_decode_errors(counts: DecodeCounts):
+    """Count into `counts.errors` the error messages FFmpeg logs inside the block.
+
+    FFmpeg conceals most damage and only logs it; PyAV's log capture sees messages from FFmpeg's
+    own decode threads too (`local=False`), so a film task must decode one film at a time per
+    process (Ray film tasks do). The previous log level is restored afterwards.
+    """
+    previous = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)
+    try:
+        with av.logging.Capture(local=False) as logs:
+            yield counts
+    finally:
+        av.logging.set_level(previous)
+    counts.errors += sum(1 for level, _name, _message in logs if level <= av.logging.ERROR)
+
+
+def _scan(container, stream, detector: SceneDetector, fps: Fraction, width: int, height: int, path: Path,
+          counts: DecodeCounts | None = None):
     """The hot loop: detect and measure each downscaled frame. Returns (cut frames, luma, motion, thumbnails)."""
     cuts: list[int] = []
     luma: list[float] = []
@@ -107,7 +144,7 @@ def _scan(container, stream, detector: SceneDetector, fps: Fraction, width: int,
     thumbs: list[np.ndarray] = []  # (18, 32, 3) uint8 each
     previous = None  # (height, width) uint8 grey of the previous frame
     index = 0
-    with contextlib.closing(downscaled_frames(container, stream, width, height, path)) as frames:
+    with contextlib.closing(downscaled_frames(container, stream, width, height, path, counts)) as frames:
         for index, bgr in enumerate(frames):  # bgr: (height, width, 3) uint8
             grey = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)  # (height, width) uint8
             luma.append(cv2.mean(grey)[0])
@@ -133,12 +170,14 @@ def correct_cuts(cuts: list[int], thumbs: np.ndarray, luma: np.ndarray, cfg: Sho
     return cuts
 
 
-def downscaled_frames(container, stream, width: int, height: int, path: Path) -> Iterator[np.ndarray]:
+def downscaled_frames(container, stream, width: int, height: int, path: Path,
+                      counts: DecodeCounts | None = None) -> Iterator[np.ndarray]:
     """BGR frames (height, width, 3) uint8 in decode order, decoded and scaled in a worker thread.
 
     PyAV decodes and swscale scales without holding the GIL, so the next frames are being decoded
     while the caller runs the detector (as PySceneDetect's SceneManager does). A decode error ends
-    the stream early (a truncated or corrupt tail): it is logged, the frames before it stand.
+    the stream early (a truncated or corrupt tail): it is logged (and counted in `counts`), the
+    frames before it stand; frames FFmpeg flags as corrupt are counted in `counts`.
     Close the generator (it is, by `_scan`) before closing the container: that stops the worker.
     """
     queue_: queue.Queue = queue.Queue(QUEUE_DEPTH)
@@ -157,6 +196,8 @@ def downscaled_frames(container, stream, width: int, height: int, path: Path) ->
     def work():
         try:
             for frame in container.decode(stream):
+                if counts is not None and frame.is_corrupt:
+                    counts.corrupt_frames += 1
                 if not put(frame.to_ndarray(width=width, height=height, format="bgr24", interpolation=INTERPOLATION)):
                     return
         except BaseException as e:  # handed to the consumer below
@@ -174,6 +215,8 @@ def downscaled_frames(container, stream, width: int, height: int, path: Path) ->
         stop.set()
         worker.join()
     if failure and isinstance(failure[0], av.FFmpegError):
+        if counts is not None:
+            counts.errors += 1
         log.warning("%s: decoding stopped after %d frames: %s", path.name, n_frames, failure[0])
     elif failure:
         raise failure[0]

@@ -330,3 +330,18 @@ def test_auto_similarity_uses_clip_only_with_pretrained_weights():
     assert similarity_method("auto", dict(described, random_init=False)) == "clip"
     assert similarity_method("auto", {}) == "histogram"  # nothing known: no CLIP
     assert similarity_method("clip", described) == "clip"  # an explicit choice stands
+
+
+@pytest.mark.slow  # a curation run on a real clip
+def test_decode_errors_per_film_are_in_films_parquet(ray_local, shared_data, tmp_path):
+    """64 KiB of random bytes in the middle of a real clip: curated, and flagged in films.parquet."""
+    from tests.dataprep.test_shots import damaged_copy
+
+    films = tmp_path / "films"
+    films.mkdir()
+    shutil.copyfile(shared_data / "fades.mp4", films / "clean.mp4")
+    damaged_copy(shared_data / "fades.mp4", films / "damaged.mp4")
+    curate([str(films)], tmp_path / "ds", fast_config())
+    rows = {Path(r["uri"]).name: r for r in pq.read_table(tmp_path / "ds" / "manifest" / "films.parquet").to_pylist()}
+    assert rows["clean.mp4"]["decode_errors"] == 0 and rows["clean.mp4"]["corrupt_frames"] == 0
+    assert rows["damaged.mp4"]["decode_errors"] > 0, rows["damaged.mp4"]

@@ -261,3 +261,26 @@ def test_detector_failure_propagates_and_stops_the_decode_thread(shared_data, mo
     with pytest.raises(RuntimeError, match="detector bug at frame 5"):
         detect_shots(shared_data / "testvideo.mp4")
     assert threading.active_count() == threads_before
+
+
+# ---------------------------------------------------------------- damage the decoder hides
+
+
+def damaged_copy(src, dst, n: int = 64 << 10, seed: int = 0):
+    """A copy of `src` with `n` random bytes written over its middle (the container still opens)."""
+    data = bytearray(src.read_bytes())
+    mid = len(data) // 2
+    data[mid - n // 2 : mid + n // 2] = np.random.default_rng(seed).bytes(n)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def test_decode_errors_are_counted_not_hidden(shared_data, tmp_path):
+    import av.logging
+
+    clean = detect_shots(shared_data / "testvideo.mp4")
+    assert clean.decode_errors == 0 and clean.corrupt_frames == 0
+    damaged = detect_shots(damaged_copy(shared_data / "testvideo.mp4", tmp_path / "damaged.mp4"))
+    assert damaged.decode_errors > 0, damaged  # FFmpeg logged (and concealed) the damage
+    assert damaged.n_frames > 0 and len(damaged.luma) == damaged.n_frames  # the frames that decoded stand
+    assert av.logging.get_level() is None  # PyAV's log level is restored after the count
