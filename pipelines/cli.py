@@ -238,6 +238,7 @@ def train(
     export_only: bool = typer.Option(False, "--export-only", help="Write RUN/export from the latest checkpoint, no training."),
 ):
     """Train the LCT model with DeepSpeed ZeRO on Ray Train workers (checkpoints, resume, export)."""
+    from dataprep.lock import OutputError
     from training.config import TrainConfig
     from training.launch import TrainUsageError, check, launch, prepare_run
 
@@ -268,7 +269,7 @@ def train(
                 bar.update(task, completed=m["step"], note=note)
 
             result = launch(cfg, out, until=until, on_metrics=on_metrics, on_status=bar.console.print)
-    except TrainUsageError as e:
+    except (TrainUsageError, OutputError) as e:  # OutputError: RUN is written by another run, or unwritable
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     except RuntimeError as e:

@@ -23,6 +23,8 @@ from typing import Callable
 
 import yaml
 
+from dataprep.lock import writes_to
+
 from .config import TrainConfig, deepspeed_config, dump_yaml
 from .data import check_layout, shard_paths
 from .metrics import read_metrics
@@ -102,6 +104,7 @@ def connect(address: str | None, workers: int, cpus: int) -> str | None:
     return url
 
 
+@writes_to("run_dir", "lct train")  # one writer per RUN (RUN/lct.lock); a second one gets OutputBusy
 def launch(
     cfg: TrainConfig, run_dir: str | Path, until: int | None = None,
     on_metrics: Callable[[dict], None] | None = None, on_status: Callable[[str], None] | None = None,

@@ -19,6 +19,7 @@ Every function below the tasks is plain Python, usable and tested without Prefec
 """
 
 import json
+import re
 import shlex
 import tarfile
 from collections import Counter, defaultdict
@@ -383,7 +384,7 @@ def summary_markdown(out: str, stats: dict, rows: list[dict], check: DatasetChec
     t = stats["totals"]
     films_total = t.get("films", {})
     lines = [
-        f"# ingest -> `{out}`: {verdict}",
+        f"# ingest -> {md_text(out)}: {verdict}",
         "",
         "| this run | films |",
         "|---|---:|",
@@ -406,14 +407,25 @@ def summary_markdown(out: str, stats: dict, rows: list[dict], check: DatasetChec
         f"Ray dashboard: {_link(run.dashboard)}" + (f" (job `{run.job_id}`)" if run.job_id else ""),
     ]
     if run.failure:
-        lines += ["", f"**Failure policy:** {run.failure}"]
+        lines += ["", f"**Failure policy:** {md_text(run.failure)}"]
     failed = [r for r in rows if r["status"] in ("failed", "missing")]
     if failed:
         lines += ["", "## Films that failed", "", "| film | reason |", "|---|---|"]
-        lines += [f"| `{r['uri']}` | {(r['error'] or '').replace('|', '/')} |" for r in failed[:200]]
+        lines += [f"| {md_text(r['uri'])} | {md_text(r['error'] or '')} |" for r in failed[:200]]
     if check.problems:
-        lines += ["", "## Dataset problems", ""] + [f"- {p}" for p in check.problems[:200]]
+        lines += ["", "## Dataset problems", ""] + [f"- {md_text(p)}" for p in check.problems[:200]]
     return "\n".join(lines) + "\n"
+
+
+MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>|~])")
+
+
+def md_text(text: str) -> str:
+    """`text` taken from data (a film name, an error) as literal, one-line Markdown, safe in a table cell:
+    line breaks become a visible ⏎, and every character Markdown or a table would read (` | * _ [ ] < > \\ ...)
+    is backslash-escaped."""
+    one_line = re.sub(r"\r\n|\r|\n", " ⏎ ", str(text))
+    return MD_SPECIAL.sub(r"\\\1", one_line)
 
 
 def _link(url: str | None) -> str:

@@ -61,3 +61,20 @@ def test_more_cpus_per_film_than_the_cluster_has_exits_2(tmp_path, shared_data):
     assert result.returncode == 2, result.stderr
     assert "film_cpus=4" in result.stderr and "only 1.0 CPUs" in result.stderr
     assert not list((out / "shards").glob("*.tar"))
+
+
+@pytest.mark.slow  # the shared curated dataset + two lct processes
+def test_lct_train_into_a_run_another_process_writes_exits_2_with_its_pid(curated, tmp_path):
+    """Two real processes: one holds RUN's lock (as a running `lct train` does), `lct train --out RUN` is refused."""
+    from tests.dataprep.test_lock import hold
+
+    run_dir = tmp_path / "run"
+    holder = hold(run_dir)
+    try:
+        result = run("train", "--data", str(curated), "--out", str(run_dir), "--preset", "lct-debug", "--steps", "1")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert result.returncode == 2, result.stderr
+    assert f"pid {holder.pid}" in result.stderr and "another run" in result.stderr
+    assert not (run_dir / "checkpoints").exists()  # nothing was started

@@ -241,3 +241,27 @@ def test_ingest_as_a_ray_job_through_the_jobs_api(prefect_server, ray_cluster, f
         lines = [log.message for log in logs if log.message.startswith("[ray job]")]
         time.sleep(1)
     assert any("1 films to curate" in line for line in lines), lines
+
+
+def test_film_names_from_data_cannot_break_the_markdown_summary(tmp_path):
+    """A film named with a newline, backticks and pipes stays one literal row of the failures table."""
+    from pipelines.flows.ingest import CurateRun, DatasetCheck, run_stats, summary_markdown
+
+    hostile = "/films/a|b\n`rm -rf`|*bold*\r\n| x |.mp4"
+    rows = [
+        {"film_id": None, "uri": hostile, "status": "failed", "error": "bad | header\nline 2 `x`",
+         "n_shots": 0, "n_scenes": 0, "this_run": True},
+        {"film_id": "f", "uri": "/films/ok.mp4", "status": "ok", "error": None, "n_shots": 3, "n_scenes": 1,
+         "this_run": True},
+    ]
+    md = summary_markdown(str(tmp_path / "out|`x`"), run_stats(rows, tmp_path), rows, DatasetCheck(),
+                          CurateRun(dashboard=None), 0.25)
+    lines = md.splitlines()
+    table = lines[lines.index("| film | reason |"):]
+    body = [line for line in table[2:] if line.startswith("|")]
+    assert len(body) == 1, table  # one row per failed film: no line break leaked into the table
+    cells = [c for c in __import__("re").split(r"(?<!\\)\|", body[0])]
+    assert len(cells) == 4, body[0]  # | film | reason |: every pipe from the data is escaped
+    assert "`" not in body[0].replace("\\`", "")  # no backtick opens a code span
+    assert "rm -rf" in body[0] and "line 2" in body[0]  # nothing of the name is lost
+    assert lines[0].startswith("# ingest -> ") and "\\|" in lines[0] and "\\`" in lines[0]
