@@ -86,6 +86,7 @@ def training_section(root: Path) -> list[str]:
             f"### {title} (`{name}/`)", "",
             f"Loss: {_last_loss(run)}. TensorBoard: `tensorboard --logdir {run / 'tb'}`.", "",
             _image(run / "loss.png", root, f"loss curve of {name}"), "",
+            _image(run / "training.png", root, f"training curves of {name}: lr, grad norm, loss per timestep, throughput"), "",
         ]
         if samples:
             lines += [f"Validation sample at {samples[-1].parent.name} (generated, then the real scene):", "",

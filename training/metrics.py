@@ -113,9 +113,43 @@ class MetricsWriter:
         if self.ray:
             self.ray.set({"step": step, **metrics})
 
+    def images(self, sample_dir: Path, step: int) -> None:
+        """The validation sample's contact sheets (generated, real) as TensorBoard images."""
+        import numpy as np
+        from PIL import Image
+
+        for name in ("sheet", "real"):
+            path = Path(sample_dir) / f"{name}.png"
+            if path.is_file():
+                pixels = np.asarray(Image.open(path).convert("RGB"))            # (H, W, 3) uint8
+                self.tb.add_image(f"validation/{'generated' if name == 'sheet' else 'real'}", pixels, step,
+                                  dataformats="HWC")
+        self.tb.flush()
+
+    def hparams(self, config: dict, final: dict) -> None:
+        """The run's config (flattened, dotted keys) and final metrics in TensorBoard's HParams tab (RUN/tb/hparams)."""
+        flat = flat_hparams(config)
+        scores = {f"hparam/{k}": float(v) for k, v in final.items() if isinstance(v, (int, float))}
+        self.tb.add_hparams(flat, scores, run_name="hparams")
+
     def close(self) -> None:
         self.jsonl.close()
         self.tb.close()
+
+
+def flat_hparams(config: dict, prefix: str = "") -> dict:
+    """{"optim.lr": 3e-4, "model.preset": "lct-small", ...}: what TensorBoard's add_hparams takes
+    (bool, int, float, str; lists and None become their text)."""
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out |= flat_hparams(value, name + ".")
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        else:
+            out[name] = json.dumps(value)
+    return out
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

@@ -40,7 +40,7 @@ from .engine import (
     EMA, build_model, export, init_engine, latest_checkpoint, load_checkpoint, make_universal,
     prune_checkpoints, read_state, write_checkpoint,
 )
-from .metrics import MetricsWriter, matmul_peak, peak_memory_mb, rank_state_mb, train_step_flops
+from .metrics import MetricsWriter, matmul_peak, peak_memory_mb, rank_state_mb, read_metrics, train_step_flops
 from .objective import add_noise, bucket_losses, drop_prompts, flow_loss, model_timesteps, sample_timesteps
 from .samples import validation_scene, write_samples
 
@@ -219,16 +219,21 @@ def train_worker(args: dict) -> None:
 
                 ray.train.report({**metrics, "step": step})
         if sched.sample_every and step % sched.sample_every == 0 and not last:
-            write_samples(engine.module, val_scene, text, codec, run_dir / "samples" / f"step-{step:06d}",
-                          sched.sample_steps, data.fps, sched.seed, write=rank == 0)
+            written = write_samples(engine.module, val_scene, text, codec, run_dir / "samples" / f"step-{step:06d}",
+                                    sched.sample_steps, data.fps, sched.seed, write=rank == 0)
+            if writer:
+                writer.images(written, step)
 
     # 5. Samples at the end and the export (weights + what inference needs).
     loader.close()
-    write_samples(engine.module, val_scene, text, codec, run_dir / "samples" / f"step-{step:06d}",
-                  sched.sample_steps, data.fps, sched.seed, write=rank == 0)
+    written = write_samples(engine.module, val_scene, text, codec, run_dir / "samples" / f"step-{step:06d}",
+                            sched.sample_steps, data.fps, sched.seed, write=rank == 0)
     path = export(engine, cfg, run_dir, step, ema)
     if rank == 0:
         log.info("exported step %d to %s", step, path)
+        writer.images(written, step)
+        last_row = (read_metrics(run_dir) or [{}])[-1]
+        writer.hparams(cfg.model_dump(mode="json"), {k: last_row.get(k) for k in ("loss", "samples_per_s", "mfu")})
         writer.close()
 
 

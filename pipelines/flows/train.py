@@ -1,7 +1,7 @@
 """The `train` flow: a curated dataset -> an LCT run (checkpoints, metrics, samples, export).
 
     check-training-config -> train-in-process (Ray Train from this process) | train-on-ray-job
-                          -> publish-training-report (loss curve PNG + markdown artifact)
+                          -> publish-training-report (matplotlib charts + markdown artifact `train-<run>-<hash>`)
 
 `ray_address` decides where the Ray Train driver runs: None = a local Ray in this process;
 ray://head:10001 or auto = this process joins the cluster; http://head:8265 = a Ray job running
@@ -14,7 +14,9 @@ Training itself is never retried by Prefect: Ray Train restarts failed workers f
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -25,12 +27,11 @@ from prefect.artifacts import create_markdown_artifact
 
 from dataprep.config import explain, load_yaml, set_dotted
 from pipelines.flows.common import is_jobs_address, run_ray_job
-from pipelines.plot import line_chart
+from pipelines.plot import training_charts
 from training.config import TrainConfig, dump_yaml
 from training.launch import TrainUsageError, launch, prepare_run
 from training.metrics import read_metrics
 
-SUMMARY_KEY = "train-summary"
 
 
 @flow(name="train", log_prints=True)
@@ -118,12 +119,17 @@ def train_on_ray_job(cfg: TrainConfig, run_dir: str, until: int | None, dashboar
 @task(name="publish-training-report")
 def publish_training_report(run_dir: str, result: dict) -> dict:
     run = Path(run_dir)
-    chart = loss_chart(run)
+    charts = training_charts(read_metrics(run), run, title=run.name)
+    chart = charts.get("loss")
     markdown = summary_markdown(run, result, chart)
-    (run / "report.md").write_text(markdown + (f"\n![loss curve](loss.png)\n" if chart else ""))
-    inline = f"\n![loss curve](data:image/png;base64,{base64.b64encode(chart.read_bytes()).decode()})\n" if chart else ""
-    create_markdown_artifact(markdown=markdown + inline, key=SUMMARY_KEY, description=f"training run {run}")
-    return result | {"loss_chart": str(chart) if chart else None, "report": str(run / "report.md")}
+    images = [("loss curve", charts["loss"]), ("training curves", charts["training"])] if charts else []
+    (run / "report.md").write_text(markdown + "".join(f"\n![{alt}]({p.name})\n" for alt, p in images))
+    inline = "".join(f"\n![{alt}](data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()})\n"
+                     for alt, p in images)
+    key = summary_key(run)
+    create_markdown_artifact(markdown=markdown + inline, key=key, description=f"training run {run}")
+    return result | {"loss_chart": str(chart) if chart else None, "report": str(run / "report.md"),
+                     "artifact_key": key}
 
 
 # -- plain functions (usable without Prefect) -------------------------------------------------
@@ -151,16 +157,11 @@ def effective_config(dataset: str, config: str | dict | None, overrides: dict) -
         raise TrainUsageError(f"invalid training config: {err}") from err
 
 
-def loss_chart(run: Path) -> Path | None:
-    rows = [m for m in read_metrics(run) if m.get("loss") is not None]
-    if not rows:
-        return None
-    series = {"loss": [(m["step"], m["loss"]) for m in rows]}
-    window = max(1, len(rows) // 10)
-    smooth = [sum(m["loss"] for m in rows[max(0, i - window + 1): i + 1]) / len(rows[max(0, i - window + 1): i + 1])
-              for i in range(len(rows))]
-    series[f"loss (mean of {window})"] = [(m["step"], s) for m, s in zip(rows, smooth)]
-    return line_chart(series, run / "loss.png", title=f"training loss, {run.name}")
+def summary_key(run: Path) -> str:
+    """The run's own Prefect artifact key: `train-<dir name>-<hash of its absolute path>` (two runs never
+    share one; re-running the same run dir updates its artifact). Keys allow a-z, 0-9 and dashes."""
+    slug = re.sub(r"[^a-z0-9]+", "-", run.name.lower()).strip("-")[:40] or "run"
+    return f"train-{slug}-{hashlib.sha1(str(Path(run).resolve()).encode()).hexdigest()[:8]}"
 
 
 def summary_markdown(run: Path, result: dict, chart: Path | None) -> str:

@@ -14,14 +14,15 @@ TINY = {
 
 @pytest.mark.slow
 def test_train_flow_trains_and_publishes_its_report(prefect_server, curated, tmp_path):
-    from pipelines.flows.train import train
+    from pipelines.flows.train import summary_key, train
 
     run = tmp_path / "run"
     state = train(data=str(curated), out=str(run), config=TINY, return_state=True)
     assert state.is_completed(), state
     result = state.result()
     assert result["step"] == 4 and result["export"] and (run / "loss.png").is_file()
-    summary = flow_run_artifacts(state)["train-summary"].data
+    assert (run / "training.png").is_file() and result["artifact_key"] == summary_key(run)
+    summary = flow_run_artifacts(state)[summary_key(run)].data
     assert "| step | 4 |" in summary and "data:image/png;base64," in summary and str(run / "export") in summary
     assert (run / "report.md").is_file() and (run / "config.yaml").is_file()
 
