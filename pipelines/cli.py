@@ -18,12 +18,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from pipelines.runlog import logged, terminal_level
+
 app = typer.Typer(
     help="lct: curate films into multi-shot scenes and train Long Context Tuning video models.",
     add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, powershell)
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
+log = logging.getLogger("lct")  # what the terminal shows as progress also goes to the run's log file (runlog.py)
 
 
 def _print_version(value: bool) -> None:
@@ -92,6 +95,7 @@ def synth(
 
 
 @app.command()
+@logged("curate")
 def curate(
     inputs: list[str] = typer.Argument(..., help="Video files, folders, globs or fsspec URLs (s3://, gs://)."),
     out: Path = typer.Option(..., "--out", help="Dataset directory (re-running resumes)."),
@@ -109,7 +113,7 @@ def curate(
     from dataprep.config import CurateConfig
     from dataprep.run import CurateFailed, CurateUsageError, curate as run_curate
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    terminal_level(logging.INFO if verbose else logging.WARNING)
     cfg = _load_config(
         CurateConfig,
         config,
@@ -122,11 +126,13 @@ def curate(
 
             def on_film(outcome, done, total):
                 counts[outcome.status] += 1
+                log.info("film %d/%s %s %s%s", done, total, outcome.status, outcome.uri,
+                         f": {outcome.reason}" if outcome.status == "failed" else "")
                 bar.update(task, completed=done, total=total, note=f"ok {counts['ok']}  failed {counts['failed']}")
                 if outcome.status == "failed":
                     bar.console.print(f"[yellow]failed[/yellow] {outcome.uri}: {outcome.reason}")
 
-            summary = run_curate(inputs, out, cfg, on_film=on_film, on_status=bar.console.print)
+            summary = run_curate(inputs, out, cfg, on_film=on_film, on_status=_also_logged(bar.console.print))
     except (FileNotFoundError, CurateUsageError) as e:  # inputs that match nothing, resources the cluster lacks
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
@@ -135,7 +141,18 @@ def curate(
         _print_dataset(out)
         raise typer.Exit(1)
     _print_dataset(out)
+    log.info("done in %.1f s -> %s", summary.wall_s, out)
     console.print(f"done in {summary.wall_s:.1f} s -> {out}")
+
+
+def _also_logged(show):
+    """on_status for the progress bar: shown on the terminal and written to the run's log."""
+
+    def status(message: str) -> None:
+        log.info("%s", message)
+        show(message)
+
+    return status
 
 
 def _print_dataset(out: Path) -> None:
@@ -191,6 +208,7 @@ def inspect(
 
 
 @app.command()
+@logged("demo")
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Output directory (re-running resumes finished stages)."),
     films: int = typer.Option(6, "--films", help="Synthetic films to make."),
@@ -220,6 +238,7 @@ def demo(
 
 
 @app.command()
+@logged("train")
 def train(
     data: Optional[Path] = typer.Option(None, "--data", help="Curated dataset dir (the --out of `lct curate`)."),
     out: Path = typer.Option(..., "--out", help="Run dir: config, checkpoints, metrics, samples, export (re-running resumes)."),
@@ -266,9 +285,10 @@ def train(
 
             def on_metrics(m: dict) -> None:
                 note = f"loss {m['loss']:.4f}  lr {m['lr']:.2e}  {m['samples_per_s']:.1f} scenes/s  data wait {m['data_wait']:.0%}"
+                log.info("step %d/%d %s", m["step"], cfg.schedule.steps, note)
                 bar.update(task, completed=m["step"], note=note)
 
-            result = launch(cfg, out, until=until, on_metrics=on_metrics, on_status=bar.console.print)
+            result = launch(cfg, out, until=until, on_metrics=on_metrics, on_status=_also_logged(bar.console.print))
     except (TrainUsageError, OutputError) as e:  # OutputError: RUN is written by another run, or unwritable
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
@@ -276,6 +296,7 @@ def train(
         console.print(f"[red]training failed:[/red] {e}")
         raise typer.Exit(1)
     loss = f"{result.loss:.4f}" if result.loss is not None else "n/a"
+    log.info("step %s, loss %s, %.0f s; export: %s", result.step, loss, result.wall_s, result.export)
     console.print(f"step {result.step}, loss {loss}, {result.wall_s:.0f} s; export: {result.export}; "
                   f"TensorBoard: tensorboard --logdir {out / 'tb'}")
 
@@ -312,6 +333,7 @@ class _StepBars:
 
 
 @app.command()
+@logged("generate")
 def generate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A training run dir (uses RUN/export) or an export dir."),
     scene: Path = typer.Option(
@@ -353,6 +375,7 @@ def generate(
 
 
 @app.command("eval")
+@logged("eval")
 def eval_(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A training run dir (uses RUN/export) or an export dir."),
     data: Path = typer.Option(..., "--data", help="A curated dataset dir (`lct curate`); scenes are held out by training.data.heldout_keys."),
