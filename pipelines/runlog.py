@@ -35,7 +35,7 @@ class RunLog(logging.Handler):
         self.command, self.parameters = command, parameters or {}
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         self.path = Path(out).absolute() / "logs" / f"{command}-{stamp}.log"
-        self.stream = None
+        self.stream, self.broken = None, False
         self.setFormatter(logging.Formatter(FORMAT))
 
     def _open(self) -> None:
@@ -48,17 +48,19 @@ class RunLog(logging.Handler):
                           f"# parameters: {params}\n# cwd {os.getcwd()}\n")
 
     def emit(self, record: logging.LogRecord) -> None:
+        if self.broken:
+            return
         try:
             if self.stream is None:
                 self._open()
             self.stream.write(self.format(record) + "\n")
             self.stream.flush()
-        except Exception:  # noqa: BLE001 - logging must never break the run (e.g. the disk filled up)
-            self.handleError(record)
+        except OSError:  # OUT unwritable / a file / disk full: the command itself says so; the log stops
+            self.broken = True
 
     def finish(self, code: int) -> Path | None:
         """Write the exit code and close; returns the file, or None when nothing ran (usage error, no record)."""
-        if self.stream is None and code == 2:
+        if self.broken or (self.stream is None and code == 2):
             return None
         try:
             if self.stream is None:

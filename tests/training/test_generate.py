@@ -235,8 +235,9 @@ def test_cli_generate_writes_every_output(run_dir, tmp_path):
                                       "--out", str(out), "--mode", "autoregressive", "--steps", "2"])
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["generation.json", "latents.safetensors", "scene.mp4", "sheet.png",
-                     "shot-000.mp4", "shot-001.mp4", "shot-002.mp4"]
+    assert names == ["generation.json", "latents.safetensors", "logs", "scene.mp4", "sheet.png",
+                     "shot-000.mp4", "shot-001.mp4", "shot-002.mp4"]   # logs/: the run's log (pipelines/runlog.py)
+    assert [p.name.split("-")[0] for p in (out / "logs").iterdir()] == ["generate"]
     record = json.loads((out / "generation.json").read_text())
     assert record["mode"] == "autoregressive" and record["steps"] == 2 and record["seed"] == 3
     assert record["checkpoint"]["step"] == 7 and record["device"] == "cpu"
