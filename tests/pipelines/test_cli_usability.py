@@ -2,6 +2,7 @@
 `lct config show` (every default with its description, loadable back), did-you-mean for a typo."""
 
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -107,3 +108,33 @@ def test_a_mistyped_curate_key_gets_a_did_you_mean(tmp_path):
     assert result.exit_code == 2, result.output
     assert "did you mean shots.threshold?" in result.output
     assert not (tmp_path / "ds").exists()
+
+
+def _has_key(cls, dotted: str) -> bool:
+    from dataprep.config import _section_model
+
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        cls = _section_model(cls, key)
+        if cls is None:
+            return False
+    return leaf in cls.model_fields
+
+
+def test_readme_from_the_demo_to_your_own_data_names_real_config_keys_and_paths():
+    from dataprep.config import CurateConfig
+    from pipelines.runlog import RunLog
+    from training.config import TrainConfig
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## From the demo to your own data", 1)[1].split("\n## ", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("| ") and "config key" not in line]
+    keys = {k for line in table for k in re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)", line.split("|")[2])}
+    assert {"embed.pretrained", "caption.vlm", "data.text_path", "data.codec_path", "model.init_from"} <= keys
+    for key in keys:
+        assert _has_key(CurateConfig, key) or _has_key(TrainConfig, key), f"README names {key}, which no config has"
+    for needle in ("PREFECT_API_URL", "PREFECT_UI_API_URL", "RAY_AUTH_TOKEN", "lct-ray-token"):
+        assert needle in section, needle
+    assert ".venv/bin/lct" in readme and "source .venv/bin/activate" in readme
+    log = RunLog(Path("OUT"), "curate")
+    assert log.path.parent.name == "logs" and "`OUT/logs/<command>-<UTC time>.log`" in readme
