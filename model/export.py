@@ -19,12 +19,25 @@ from .lct import LCT
 WEIGHTS, CONFIG = "model.safetensors", "config.json"
 
 
-def config_to_dict(cfg: LCTConfig) -> dict:
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+DIFFUSERS = "diffusers"   # a Wan export also holds diffusers/transformer/ (WanTransformer3DModel.from_pretrained)
 
 
-def config_from_dict(data: dict) -> LCTConfig:
-    """LCTConfig from its JSON dict; unknown keys are an error (a newer or foreign export)."""
+def config_to_dict(cfg) -> dict:
+    """The JSON dict of an LCTConfig, or of a WanConfig (tagged "backbone": "wan")."""
+    data = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    return data if isinstance(cfg, LCTConfig) else {"backbone": "wan", **data}
+
+
+def config_from_dict(data: dict):
+    """LCTConfig (or WanConfig when "backbone" is "wan") from its JSON dict; unknown keys are an error."""
+    if data.get("backbone") == "wan":
+        from .wan import WanConfig
+
+        fields = {f.name for f in dataclasses.fields(WanConfig)}
+        unknown = sorted(set(data) - fields - {"backbone"})
+        if unknown:
+            raise ValueError(f"config.json has fields {unknown} that WanConfig does not know (known: {sorted(fields)})")
+        return WanConfig(**{k: v for k, v in data.items() if k != "backbone"})
     known = {f.name for f in dataclasses.fields(LCTConfig)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -43,6 +56,10 @@ def save_export(model: LCT, directory: str | Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS), metadata={"format": "pt"})
+    if not isinstance(model.cfg, LCTConfig):      # Wan: also the plain diffusers transformer (LoRA merged)
+        from .wan import export_diffusers
+
+        export_diffusers(model, directory / DIFFUSERS)
     text = json.dumps(config_to_dict(model.cfg), indent=2, sort_keys=True) + "\n"
     (directory / CONFIG).write_text(text)
     return directory
@@ -58,7 +75,12 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> LC
             "(write one with model.export.save_export)"
         )
     cfg = config_from_dict(json.loads((directory / CONFIG).read_text()))
-    model = LCT(cfg)
+    if isinstance(cfg, LCTConfig):
+        model = LCT(cfg)
+    else:
+        from .wan import build_wan
+
+        model = build_wan(cfg)
     state = load_file(str(directory / WEIGHTS), device="cpu")
     expected = model.state_dict()
     absent, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))

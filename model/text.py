@@ -102,8 +102,15 @@ class _HFEncoder(nn.Module):
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"text encoder dir {path} has no config.json (expected a Hugging Face model dir)")
         model_cls = T5EncoderModel if t5 else AutoModel
+        if t5 and json.loads((path / "config.json").read_text()).get("model_type") == "umt5":
+            from transformers import UMT5EncoderModel   # Wan's text encoder
+
+            model_cls = UMT5EncoderModel
         self.model = model_cls.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        # a diffusers pipeline folder keeps the tokenizer beside the encoder: <dir>/text_encoder + <dir>/tokenizer
+        sibling = path.parent / "tokenizer"
+        tok_path = path if (path / "tokenizer_config.json").is_file() or not sibling.is_dir() else sibling
+        self.tokenizer = AutoTokenizer.from_pretrained(tok_path, local_files_only=True)
         limit = getattr(self.model.config, "max_position_embeddings", None)  # T5 has relative positions: no limit
         if limit is not None and max_tokens > limit:
             raise ValueError(f"max_tokens={max_tokens} exceeds the {limit} positions of the text encoder at {path}")

@@ -472,3 +472,12 @@ def build_wan(cfg: WanConfig, device: str | torch.device | None = None) -> WanLC
     """A randomly initialised scene model of `cfg` (device="meta" for counting parameters)."""
     with torch.device(device or "cpu"):
         return WanLCT.wrap(WanTransformer3DModel(**cfg.transformer), cfg)
+
+
+def export_diffusers(model: WanLCT, directory: str | Path) -> Path:
+    """DIR/transformer/ loadable by `WanTransformer3DModel.from_pretrained(DIR, subfolder="transformer")`."""
+    directory = Path(directory)
+    plain = WanTransformer3DModel(**model.cfg.transformer)
+    plain.load_state_dict({k: v.detach().cpu() for k, v in model.native_state_dict().items()}, strict=True)
+    plain.save_pretrained(directory / "transformer", safe_serialization=True)
+    return directory

@@ -250,6 +250,7 @@ def train(
     until: Optional[int] = typer.Option(None, "--until", help="Stop with a checkpoint at this step (resume later)."),
     attention: Optional[str] = typer.Option(None, "--attention", help="bidirectional or context_causal."),
     init_from: Optional[Path] = typer.Option(None, "--init-from", help="Start from the weights of this run or export."),
+    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Tune this local diffusers Wan folder (backbone wan; architecture, VAE and umT5 from it)."),
     gpus: Optional[int] = typer.Option(None, "--gpus-per-worker", help="1 = CUDA + NCCL (bf16), 0 = CPU + gloo (fp32)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="auto (bf16 on CUDA, fp32 on CPU), bf16 or fp32."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster (default: RAY_ADDRESS, else local)."),
@@ -267,6 +268,7 @@ def train(
         "data.dataset": str(data) if data else None, "model.preset": preset, "engine.workers": workers,
         "engine.zero_stage": zero, "schedule.steps": steps, "model.attention": attention,
         "model.init_from": str(init_from) if init_from else None, "engine.gpus_per_worker": gpus,
+        "model.pretrained": str(pretrained.resolve()) if pretrained else None,
         "engine.precision": precision,
         "engine.ray_address": ray_address,
     })

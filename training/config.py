@@ -36,9 +36,31 @@ class ModelSection(_Strict):
     init_from: str | None = Field(
         None, description="Start from the weights of a run dir or export dir (e.g. the bidirectional run)."
     )
+    backbone: Literal["lct-mmdit", "wan"] = Field(
+        "lct-mmdit", description="lct-mmdit = the native MMDiT from scratch; wan = tune the Wan 2.x in model.pretrained."
+    )
+    pretrained: str | None = Field(
+        None, description="Local diffusers Wan folder (transformer/, vae/, text_encoder/ + tokenizer/); implies backbone wan."
+    )
+    text_len: int = Field(512, ge=1, description="wan: prompt tokens per shot, [global; shot] zero-padded to this (Wan: 512).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pretrained_means_wan(cls, data):
+        if isinstance(data, dict) and data.get("pretrained"):    # --pretrained DIR alone is enough
+            data = {**data, "backbone": "wan"}
+        return data
 
     @model_validator(mode="after")
     def _known_preset(self) -> "ModelSection":
+        if self.backbone == "wan":
+            if not self.pretrained:
+                raise ValueError("model.backbone=wan needs model.pretrained = a local diffusers Wan folder "
+                                 "(lct train --pretrained DIR; try examples/make_tiny_wan.py OUT)")
+            from model.wan import check_weights, read_transformer_config
+
+            check_weights(self.pretrained, read_transformer_config(self.pretrained))   # names file and key
+            return self
         if self.preset not in PRESETS:
             raise ValueError(f"model.preset={self.preset!r} is not a preset; choose one of {sorted(PRESETS)}")
         self.lct()  # validates the overrides with LCTConfig's own checks
@@ -157,9 +179,47 @@ class TrainConfig(_Strict):
     engine: EngineSection = EngineSection()
     schedule: ScheduleSection = ScheduleSection()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _wan_folder_parts(cls, data):
+        """With a Wan folder, the latents come from its vae/ and the text from its text_encoder/ (umT5)."""
+        if not isinstance(data, dict):
+            return data
+        model = dict(data.get("model") or {})
+        if not model.get("pretrained"):
+            return data
+        folder, section = Path(model["pretrained"]), dict(data.get("data") or {})
+        if section.get("codec", "pixel") == "pixel" and (folder / "vae" / "config.json").is_file():
+            section |= {"codec": "vae", "codec_path": str(folder / "vae")}
+        if (section.get("text_kind", "minilm") == "minilm" and not section.get("text_path")
+                and (folder / "text_encoder" / "config.json").is_file()):
+            section |= {"text_kind": "t5", "text_path": str(folder / "text_encoder"),
+                        "text_max_tokens": int(model.get("text_len", 512))}
+        return {**data, "data": section}
+
+    def arch(self):
+        """The model architecture: an LCTConfig (lct-mmdit) or a WanConfig (wan, from the folder)."""
+        if self.model.backbone != "wan":
+            return self.model.lct()
+        from model.wan import WanConfig, read_transformer_config
+
+        args = read_transformer_config(self.model.pretrained)
+        features = None
+        if not (self.data.text_kind == "t5" and self.data.text_path):
+            features = 384 if self.data.text_kind == "minilm" and not self.data.text_path else None
+            if features is None:
+                raise ValueError("backbone wan with a text encoder other than the folder's umT5 or the packaged "
+                                 "MiniLM: give the folder a text_encoder/ or use text_kind minilm")
+        elif Path(self.data.text_path).resolve() != (Path(self.model.pretrained) / "text_encoder").resolve():
+            d_model = json.loads((Path(self.data.text_path) / "config.json").read_text()).get("d_model")
+            features = None if d_model == args["text_dim"] else d_model
+        return WanConfig(args, max_shots=self.data.max_shots or 9, attention=self.model.attention,
+                         grad_checkpointing=self.model.grad_checkpointing, text_len=self.model.text_len,
+                         text_features=features)
+
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
-        lct, data, engine = self.model.lct(), self.data, self.engine
+        lct, data, engine = self.arch(), self.data, self.engine
         if data.max_shots is not None and data.max_shots > lct.max_shots:
             raise ValueError(
                 f"data.max_shots={data.max_shots} exceeds the model's max_shots={lct.max_shots} "
@@ -177,6 +237,12 @@ class TrainConfig(_Strict):
                 f"codec=pixel gives 3 latent channels but {self.model.preset} expects "
                 f"{lct.latent_channels}; use codec=vae with a VAE of that many channels"
             )
+        if self.model.backbone == "wan" and data.codec == "vae" and data.codec_path:
+            vae = Path(data.codec_path) / "config.json"
+            z_dim = json.loads(vae.read_text()).get("z_dim") if vae.is_file() else None
+            if z_dim != lct.latent_channels:
+                raise ValueError(f"{vae}: key z_dim is {z_dim} but the Wan transformer in {self.model.pretrained} "
+                                 f"takes in_channels={lct.latent_channels} latent channels (a VAE of another model)")
         for kind, path, what in ((data.codec, data.codec_path, "codec"), (data.text_kind, data.text_path, "text")):
             if kind in ("vae", "t5") and not path:
                 raise ValueError(
@@ -193,7 +259,7 @@ class TrainConfig(_Strict):
 
     @property
     def max_shots(self) -> int:
-        return self.data.max_shots or self.model.lct().max_shots
+        return self.data.max_shots or self.arch().max_shots
 
 
 def dump_yaml(cfg: TrainConfig) -> str:

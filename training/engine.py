@@ -63,9 +63,16 @@ class SafeCheckpointEngine(TorchCheckpointEngine):
 
 # -- model and engine ------------------------------------------------------------------------
 def build_model(cfg: TrainConfig) -> LCT:
-    """The LCT of the config, with the weights of `model.init_from` when set."""
-    lct_cfg = cfg.model.lct()
-    model = LCT(lct_cfg)
+    """The LCT of the config (or the Wan of model.pretrained), with the weights of `model.init_from` when set."""
+    lct_cfg = cfg.arch()
+    if cfg.model.backbone == "wan":
+        from model.wan import load_wan_transformer
+
+        options = {k: getattr(lct_cfg, k) for k in ("max_shots", "attention", "grad_checkpointing", "text_len",
+                                                     "text_features")}
+        model = load_wan_transformer(cfg.model.pretrained, **options)
+    else:
+        model = LCT(lct_cfg)
     if cfg.model.init_from:
         from model import load_export
 
@@ -194,7 +201,12 @@ def export(engine, cfg: TrainConfig, run_dir: Path, step: int, ema: EMA | None) 
     state = ema.state_dict(engine.module) if ema is not None else full_state_dict(engine)
     path = None
     if dist.get_rank() == 0:
-        model = LCT(cfg.model.lct())
+        if cfg.model.backbone == "wan":
+            from model.wan import build_wan
+
+            model = build_wan(cfg.arch())
+        else:
+            model = LCT(cfg.model.lct())
         model.load_state_dict(state, strict=True)
         path = write_export(
             model, run_dir / "export", text=cfg.data.text_config(), codec=cfg.data.codec_config(),

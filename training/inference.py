@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,8 +50,7 @@ def write_export(
     directory = Path(directory)
     tmp = directory.with_name(directory.name + ".tmp")
     if tmp.exists():
-        for f in tmp.iterdir():
-            f.unlink()
+        shutil.rmtree(tmp)                # a Wan export holds a diffusers/ folder too
     save_export(model, tmp)
     if codec.size is None:
         raise ValueError("write_export needs codec.size = (H, W), the frame size the model was trained at")
@@ -65,9 +65,7 @@ def write_export(
         old = directory.with_name(directory.name + ".old")
         directory.rename(old)
         tmp.rename(directory)
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
+        shutil.rmtree(old)
     else:
         tmp.rename(directory)
     return directory

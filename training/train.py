@@ -119,7 +119,7 @@ def train_worker(args: dict) -> None:
             dist.barrier()
 
         # 3. Model, engine, data.
-        lct_cfg = cfg.model.lct()
+        lct_cfg = cfg.arch()
         torch.manual_seed(sched.seed)                     # the same initial weights on every rank and run
         model = build_model(cfg)
         engine = init_engine(model, cfg, world, universal)
@@ -145,7 +145,7 @@ def train_worker(args: dict) -> None:
     peak = matmul_peak(device.type) if rank == 0 else None
     if rank == 0:
         log.info("training %s (%.2fM params) on %d %s workers, ZeRO-%d, steps %d -> %d",
-                 cfg.model.preset, sum(p.numel() for p in model.parameters()) / 1e6, world, device.type,
+                 cfg.model.pretrained or cfg.model.preset, sum(p.numel() for p in model.parameters()) / 1e6, world, device.type,
                  eng.zero_stage, step, until)
 
     # 4. The loop.
@@ -177,7 +177,7 @@ def train_worker(args: dict) -> None:
                 acc = buckets.setdefault(key, [0.0, 0])
                 acc[0], acc[1] = acc[0] + total, acc[1] + count
             tokens += batch.txt.shape[1] * batch.txt.shape[0] + batch.vid.shape[1] * batch.vid.shape[0]
-            flops += train_step_flops(lct_cfg, batch)
+            flops += train_step_flops(lct_cfg, batch) if cfg.model.backbone != "wan" else 0
         step += 1
         if ema is not None:
             ema.update(engine.module)
@@ -197,7 +197,7 @@ def train_worker(args: dict) -> None:
                 "data_wait": (loader.wait_s - waited) / step_s,
                 "peak_mem_mb": peak_memory_mb(device.type),
                 "state_mb": rank_state_mb(engine),
-                "mfu": flops / step_s / peak if peak else None,
+                "mfu": flops / step_s / peak if peak and flops else None,   # no FLOP model of Wan yet
                 "skipped_samples": loader.skipped,
                 "epoch": loader.position["epoch"],
             }
