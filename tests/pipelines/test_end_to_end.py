@@ -19,6 +19,8 @@ def test_end_to_end_writes_the_report_and_resumes(prefect_server, tmp_path):
     for needle in ("## 1. Curated dataset", "run/loss.png", "generate/joint/sheet.png",
                    "generate/autoregressive/sheet.png", "| real |", "| independent |", "Ray dashboard"):
         assert needle in report, needle
+    assert "**shot F1 " in report and "**scene ARI " in report  # the curation scored against the films' truth
+    assert "run/training.png" in report and (out / "run" / "training.png").is_file()
     for image in ("run/loss.png", "run-causal/loss.png", "generate/conditioned/sheet.png"):
         assert (out / image).is_file(), image
     auto = json.loads((out / "generate" / "autoregressive" / "generation.json").read_text())
