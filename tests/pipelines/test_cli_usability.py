@@ -130,7 +130,7 @@ def test_readme_from_the_demo_to_your_own_data_names_real_config_keys_and_paths(
     section = readme.split("## From the demo to your own data", 1)[1].split("\n## ", 1)[0]
     table = [line for line in section.splitlines() if line.startswith("| ") and "config key" not in line]
     keys = {k for line in table for k in re.findall(r"`([a-z_]+(?:\.[a-z_]+)+)", line.split("|")[2])}
-    assert {"embed.pretrained", "caption.vlm", "data.text_path", "data.codec_path", "model.init_from"} <= keys
+    assert {"embed.pretrained", "caption.vlm", "data.text_path", "data.codec_path", "model.init_from", "model.pretrained"} <= keys
     for key in keys:
         assert _has_key(CurateConfig, key) or _has_key(TrainConfig, key), f"README names {key}, which no config has"
     for needle in ("PREFECT_API_URL", "PREFECT_UI_API_URL", "RAY_AUTH_TOKEN", "lct-ray-token"):
