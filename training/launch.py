@@ -91,16 +91,28 @@ def prepare_run(cfg: TrainConfig, run_dir: Path) -> None:
     (run_dir / "deepspeed.json").write_text(json.dumps(ds, indent=2) + "\n")
 
 
-def connect(address: str | None, workers: int, cpus: int) -> str | None:
-    """Join `address` (or RAY_ADDRESS) or start a local Ray; check it can host the workers; returns the dashboard URL."""
+def connect(address: str | None, workers: int, cpus: int, gpus: int = 0) -> str | None:
+    """Join `address` (or RAY_ADDRESS) or start a local Ray; check it can host the workers; returns the dashboard URL.
+
+    GPUs are checked on a local Ray only: a cluster may add GPU nodes on demand (the autoscaler
+    of infra/k8s/raycluster.yaml starts its GPU group at 0), a local Ray never will, and Ray Train
+    would wait for them forever.
+    """
     import ray
 
     from dataprep.cluster import connect as join_ray
 
+    local = not (address or os.environ.get("RAY_ADDRESS"))
     url = join_ray(address)
     have = ray.cluster_resources().get("CPU", 0)
     if workers * cpus > have:
         raise TrainUsageError(f"{workers} workers x {cpus} CPUs need {workers * cpus} CPUs; the Ray cluster has {have:g}")
+    have_gpus = ray.cluster_resources().get("GPU", 0)
+    if local and workers * gpus > have_gpus:
+        raise TrainUsageError(
+            f"{workers} workers x gpus_per_worker={gpus} need {workers * gpus} GPUs; the local Ray sees {have_gpus:g}. "
+            "On CPU use --gpus-per-worker 0 (fp32, gloo); for GPUs pass --ray-address of a cluster that has them"
+        )
     return url
 
 
@@ -118,7 +130,7 @@ def launch(
     prepare_run(cfg, run_dir)
     eng = cfg.engine
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
-    dashboard = connect(eng.ray_address, eng.workers, eng.cpus_per_worker)
+    dashboard = connect(eng.ray_address, eng.workers, eng.cpus_per_worker, eng.gpus_per_worker)
     if on_status:
         on_status(f"training on {eng.workers} Ray workers; Ray dashboard: {dashboard or 'n/a'}; run: {run_dir}")
     resources = {"CPU": eng.cpus_per_worker} | ({"GPU": eng.gpus_per_worker} if eng.gpus_per_worker else {})
