@@ -11,7 +11,7 @@ few calls after one warm-up call, except the matmul reference, which is the best
                   the joint sequence; forward = 2 x MACs, backward = 2 x forward) and checked
                   against torch.utils.flop_counter.FlopCounterMode on the same step.
                   MFU = achieved FLOP/s / matmul peak.
-    attention     F.scaled_dot_product_attention with the model's (B, 1, L, L) boolean mask
+    attention     F.scaled_dot_product_attention with a dense (B, 1, L, L) boolean mask
                   (context-causal, 6 shots, L = 2928) vs softmax(QK^T / sqrt(d) + mask) V
                   written out, at the lct-small heads (4 x 64): time ratio and max abs diff.
     kv-cache      model.sampling.sample(mode="autoregressive") of 2 / 4 / 8 shots of a
@@ -42,7 +42,6 @@ from torch import Tensor  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count  # noqa: E402
 
 from model import LCT, PRESETS, Batch, LCTConfig, Scene, Shot, collate  # noqa: E402
-from model.lct import attention_mask  # noqa: E402
 from training.metrics import train_step_flops  # noqa: E402
 
 REPEATS = 3
@@ -122,6 +121,13 @@ def bench_train_step(peak: float) -> None:
     print(f"  time      {seconds * 1e3:.0f} ms (median of {REPEATS}) -> "
           f"{analytic / seconds / 1e9:.1f} GFLOP/s (analytic FLOPs)")
     print(f"  MFU       {analytic / seconds / peak:.1%} of the measured matmul peak")
+
+
+def attention_mask(group: Tensor, mode: str) -> Tensor:
+    """The dense (B, 1, L, L) bool mask the model used before shot-block attention (bench/attention.py)."""
+    q, k = group[:, :, None], group[:, None, :]
+    allowed = (k >= 0) & (k <= q) if mode == "context_causal" else k >= 0
+    return (allowed | torch.eye(group.shape[1], dtype=torch.bool))[:, None]
 
 
 def naive_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:

@@ -8,11 +8,13 @@ gather per token, so the modulation MLP runs G times per scene, not L times.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import AttentionPlan, attend
 from .rope import apply_rope
 
 
@@ -104,13 +106,16 @@ class MMDiTBlock(nn.Module):
         vid_group: Tensor,  # (B, Lv)
         cos: Tensor,        # (B, Lt + Lv, head_dim // 2) RoPE of the joint sequence
         sin: Tensor,
-        mask: Tensor | None,  # (B, 1, L, Lc + L) bool, True = may attend; None = all
+        plan: AttentionPlan | None,  # the scene's mask blocks (model/attention.py); None = all see all
         past: tuple[Tensor, Tensor] | None = None,  # cached (k, v), each (B, heads, Lc, head_dim)
+        attention: Callable[..., Tensor] = attend,  # (q, k, v, plan) -> (B, heads, L, head_dim)
     ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
         """-> new txt, new vid, and (k, v) of this call's tokens (after QK-norm and RoPE) for a KV-cache.
 
         past: keys/values of tokens computed earlier (the KV-cache of a context-causal scene);
         they are prepended to this call's keys, so the queries attend [past; text; video].
+        attention: the model's attention processor (single-device `BlockAttention`, or training's
+        sequence-parallel wrapper, which then sees this rank's shard of the tokens).
         """
         Lt = txt.shape[1]
         m_txt, m_vid = self.txt.mods(c, txt_group), self.vid.mods(c, vid_group)
@@ -120,7 +125,7 @@ class MMDiTBlock(nn.Module):
         k = apply_rope(torch.cat([k_t, k_v], dim=2), cos, sin)
         v = torch.cat([v_t, v_v], dim=2)
         k_all, v_all = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
-        attn = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+        attn = attention(q, k_all, v_all, plan)                  # (B, heads, L, head_dim)
         attn = attn.transpose(1, 2).flatten(2)                   # (B, L, D)
         txt, vid = self.txt.finish(txt, attn[:, :Lt], m_txt), self.vid.finish(vid, attn[:, Lt:], m_vid)
         return txt, vid, (k, v)

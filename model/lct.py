@@ -3,7 +3,7 @@
 Input API (shapes per the legend in model/__init__.py):
 
     scene = Scene(global_text=(T0, Dt), shots=[Shot(text=(T, Dt), latent=(C, F, H, W)), ...])
-    batch = collate([scene, ...], cfg)          # packs and pads scenes, builds ids and masks
+    batch = collate([scene, ...], cfg)          # packs and pads scenes, builds RoPE and group ids
     v = LCT(cfg)(batch, t)                      # t: (B, S) one timestep per shot
     v[b][i]                                     # (C, F, H, W) velocity of shot i of scene b
 
@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .attention import BlockAttention
 from .config import LCTConfig
 from .layers import FinalLayer, MLPEmbedder, MMDiTBlock, timestep_embedding
 from .rope import rope_frequencies, scene_position_ids
@@ -144,23 +145,6 @@ def collate(scenes: list[Scene], cfg: LCTConfig) -> Batch:
     )
 
 
-def attention_mask(group: Tensor, mode: str) -> Tensor:
-    """group (B, L) of the joint sequence -> (B, 1, L, L) bool, True = query may attend key.
-
-    bidirectional: every real token sees every real token of its scene.
-    context_causal: a token of group g sees groups 0..g (global prompt, earlier shots, itself).
-    Padding keys are never seen; padding queries see only themselves (avoids all-masked rows).
-    """
-    q, k = group[:, :, None], group[:, None, :]                 # (B, L, 1), (B, 1, L)
-    allowed = k >= 0
-    if mode == "context_causal":
-        allowed = allowed & (k <= q)
-    elif mode != "bidirectional":
-        raise ValueError(f"unknown attention mode {mode!r}; use 'bidirectional' or 'context_causal'")
-    eye = torch.eye(group.shape[1], dtype=torch.bool, device=group.device)
-    return (allowed | eye)[:, None]
-
-
 def unpack(out: Tensor, batch: Batch, patch: tuple[int, int, int]) -> list[list[Tensor]]:
     """(B, Lv, patch_dim) video-token outputs -> v[b][i] (C, F, H, W) per real shot."""
     velocities = []
@@ -189,7 +173,15 @@ class LCT(nn.Module):
             for i in range(cfg.depth)
         )
         self.final = FinalLayer(D, cfg.patch_dim)
+        # The attention processor (model/attention.py): plan(group, mode) once per forward, then
+        # (q, k, v, plan) per block. Not a module and holds no weights; training swaps in its
+        # sequence-parallel one with set_attention.
+        self.attention = BlockAttention()
         self.initialize_weights()
+
+    def set_attention(self, processor) -> None:
+        """Route every block's attention through `processor` (same interface as BlockAttention)."""
+        self.attention = processor
 
     def initialize_weights(self) -> None:
         """Xavier linears, N(0, 0.02) embedders, zero adaLN and output (adaLN-Zero, DiT)."""
@@ -225,21 +217,20 @@ class LCT(nn.Module):
         vid = self.vid_in(batch.vid.to(dtype))                   # (B, Lv, D)
         c = self._conditioning(batch, t)                         # (B, 1 + S, D)
 
-        # 2. Positions and attention mask of the joint sequence [text; video].
+        # 2. Positions and the attention plan of the joint sequence [text; video]: where the
+        #    blocks of the bidirectional / context-causal / padding mask are (no L x L tensor).
         cos, sin = rope_frequencies(batch.ids, cfg.rope_axes, cfg.rope_theta)
         group = torch.cat([batch.txt_group, batch.vid_group], dim=1)  # (B, L)
-        # (B, 1, L, L); None when every token sees every token (lets CUDA pick flash attention)
-        full = cfg.attention == "bidirectional" and bool((group >= 0).all())
-        mask = None if full else attention_mask(group, cfg.attention)
+        plan = self.attention.plan(group, cfg.attention)
         txt_group, vid_group = batch.txt_group.clamp(min=0), batch.vid_group.clamp(min=0)
 
         # 3. Dual-stream blocks.
         for block in self.blocks:
-            args = (txt, vid, c, txt_group, vid_group, cos, sin, mask)
+            args = (txt, vid, c, txt_group, vid_group, cos, sin, plan)
             if self.grad_checkpointing and torch.is_grad_enabled():
-                txt, vid, _ = checkpoint(block, *args, use_reentrant=False)
+                txt, vid, _ = checkpoint(block, *args, attention=self.attention, use_reentrant=False)
             else:
-                txt, vid, _ = block(*args)
+                txt, vid, _ = block(*args, attention=self.attention)
 
         # 4. Video tokens -> patch features -> per-shot latents.
         out = self.final(vid, c, vid_group)                      # (B, Lv, patch_dim)
@@ -332,7 +323,8 @@ class LCT(nn.Module):
         txt_group = torch.zeros(txt.shape[:2], dtype=torch.long, device=txt.device)
         vid_group = torch.zeros(vid.shape[:2], dtype=torch.long, device=vid.device)
 
-        # 2. Blocks: group g attends [cached groups < g; itself] (no mask needed, B = 1).
+        # 2. Blocks: group g attends [cached groups < g; itself] (no mask needed, B = 1; plain
+        #    single-device attention: the KV-cache is an inference path).
         kvs = []
         for i, block in enumerate(self.blocks):
             past = None if g == 0 else (cache.keys[i], cache.values[i])
