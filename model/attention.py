@@ -104,6 +104,22 @@ def _scene(q: Tensor, k: Tensor, v: Tensor, s: ScenePlan, mode: str) -> Tensor:
     return torch.cat(parts, dim=2).index_select(2, s.inverse)    # back to sequence order
 
 
+def dense_mask(group: Tensor, mode: str) -> Tensor:
+    """group (B, L) -> (B, 1, L, L) bool, True = query may attend key: the masks above, dense.
+
+    Not used by the native model (it is L x L). Kept for model/wan.py, whose diffusers attention
+    processors take an `attn_mask`; route Wan through `attend` too to drop it there.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown attention mode {mode!r}; use 'bidirectional' or 'context_causal'")
+    q, k = group[:, :, None], group[:, None, :]                 # (B, L, 1), (B, 1, L)
+    allowed = k >= 0
+    if mode == "context_causal":
+        allowed = allowed & (k <= q)
+    eye = torch.eye(group.shape[1], dtype=torch.bool, device=group.device)
+    return (allowed | eye)[:, None]
+
+
 class BlockAttention:
     """The single-device attention processor: `plan` once per forward, then call per block."""
 

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import BlockAttention
+from .attention import dense_mask as attention_mask  # noqa: F401  (model/wan.py imports it from here)
 from .config import LCTConfig
 from .layers import FinalLayer, MLPEmbedder, MMDiTBlock, timestep_embedding
 from .rope import rope_frequencies, scene_position_ids
