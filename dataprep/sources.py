@@ -16,6 +16,13 @@ from pathlib import Path
 import fsspec
 
 GLOB_CHARS = set("*?[")
+DRIVERS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
+           "http": "aiohttp", "https": "aiohttp"}  # fsspec protocol -> the package that implements it
+
+
+class SourceError(ValueError):
+    """An input URL that cannot be listed: its fsspec driver is not installed, the protocol is unknown,
+    or the source does not answer. Nothing was curated."""
 
 
 def is_url(text: str) -> bool:
@@ -31,15 +38,30 @@ def _walk_local(root: Path, extensions: tuple[str, ...]) -> list[str]:
     return found
 
 
+def remote_fs(url: str):
+    """(fsspec filesystem, paths) of `url`; SourceError naming the package when its driver is missing."""
+    protocol = url.split("://", 1)[0].lower()
+    try:
+        fs, _, paths = fsspec.get_fs_token_paths(url)
+    except ImportError as e:
+        package = DRIVERS.get(protocol)
+        need = f"the fsspec driver `{package}` (pip install {package})" if package else "its fsspec driver"
+        raise SourceError(f"{url}: reading {protocol}:// needs {need}, which is not installed ({e})") from None
+    except ValueError as e:  # "Protocol not known: foo"
+        raise SourceError(f"{url}: {e}; known protocols include s3://, gs://, http(s)://, file://") from None
+    return fs, paths
+
+
 def _walk_remote(url: str, extensions: tuple[str, ...]) -> list[str]:
-    fs, _, paths = fsspec.get_fs_token_paths(url)
+    fs, paths = remote_fs(url)
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     found = []
     for path in paths:
-        if fs.isdir(path):
-            candidates = fs.find(path)
-        else:
-            candidates = [path]
+        try:
+            candidates = fs.find(path) if fs.isdir(path) else [path]
+        except OSError as e:  # connection refused, DNS, timeouts (aiohttp's errors are OSErrors), denied
+            raise SourceError(f"cannot list {url}: {type(e).__name__}: {e}. Is the host reachable and the URL "
+                              "right (and, for a bucket, are the credentials set)?") from None
         for p in candidates:
             if p.lower().endswith(extensions):
                 found.append(f"{protocol}://{p}" if not p.startswith(f"{protocol}://") else p)
@@ -47,7 +69,8 @@ def _walk_remote(url: str, extensions: tuple[str, ...]) -> list[str]:
 
 
 def list_films(inputs: list[str], extensions: tuple[str, ...]) -> list[str]:
-    """Expand inputs to film URIs. Raises FileNotFoundError naming every input that matched nothing.
+    """Expand inputs to film URIs. Raises FileNotFoundError naming every input that matched nothing,
+    SourceError for a URL whose driver is missing or whose host does not answer.
 
     A path given explicitly as a file is kept whatever its extension (the probe stage
     decides whether it is a video); folders and globs only pick up `extensions`.

@@ -111,7 +111,9 @@ def curate(
 ):
     """Curate films into WebDataset scene shards + a Parquet manifest (on Ray)."""
     from dataprep.config import CurateConfig
+    from dataprep.lock import OutputError
     from dataprep.run import CurateFailed, CurateUsageError, curate as run_curate
+    from dataprep.sources import SourceError
 
     terminal_level(logging.INFO if verbose else logging.WARNING)
     cfg = _load_config(
@@ -133,7 +135,8 @@ def curate(
                     bar.console.print(f"[yellow]failed[/yellow] {outcome.uri}: {outcome.reason}")
 
             summary = run_curate(inputs, out, cfg, on_film=on_film, on_status=_also_logged(bar.console.print))
-    except (FileNotFoundError, CurateUsageError) as e:  # inputs that match nothing, resources the cluster lacks
+    except (FileNotFoundError, CurateUsageError, SourceError, OutputError) as e:
+        # inputs that match nothing or cannot be listed, resources the cluster lacks, an --out in use or unwritable
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     except CurateFailed as e:

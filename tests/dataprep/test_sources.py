@@ -54,3 +54,32 @@ def test_fsspec_urls_are_listed_and_copied_locally(tmp_path):
     local = local_copy(found[1], tmp_path / "cache")
     assert local.read_bytes() == b"two" and local.parent == tmp_path / "cache"
     assert local_copy(found[1], tmp_path / "cache") == local  # cached, same name
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # bound then closed: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("url, package", [("s3://bucket/films/", "s3fs"), ("gs://bucket/films/a.mp4", "gcsfs")])
+def test_a_bucket_url_without_its_fsspec_driver_names_the_package(url, package):
+    import importlib.util
+
+    from dataprep.sources import SourceError
+
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here")
+    with pytest.raises(SourceError, match=f"pip install {package}"):
+        list_films([url], EXT)
+
+
+def test_an_unreachable_http_source_is_a_source_error():
+    from dataprep.sources import SourceError
+
+    with pytest.raises(SourceError, match=r"cannot list http://127\.0\.0\.1:\d+/films/.*reachable"):
+        list_films([f"http://127.0.0.1:{_closed_port()}/films/"], EXT)
+    with pytest.raises(SourceError, match="Protocol not known"):
+        list_films(["nosuchproto://x/y.mp4"], EXT)
