@@ -140,9 +140,20 @@ class CaptionConfig(_Strict):
 
     use_sidecar: bool = Field(True, description="Use `<film>.captions.json` beside a film when present.")
     vlm: VLMConfig | None = Field(None, description="VLM endpoint; None = no VLM.")
-    coca: bool = Field(True, description="Caption shots without a sidecar/VLM caption with open_clip CoCa.")
+    coca: bool = Field(
+        True,
+        description="Caption shots without a sidecar/VLM caption with open_clip CoCa, when its weights are configured "
+        "(coca_pretrained); without weights nothing is captioned by CoCa (caption_source `none`).",
+    )
     coca_model: str = Field("coca_ViT-B-32", description="open_clip CoCa architecture.")
-    coca_pretrained: str | None = Field(None, description="CoCa pretrained tag or local path (None = random init).")
+    coca_pretrained: str | None = Field(
+        None, description="CoCa pretrained tag or local checkpoint path. None = no CoCa captions (unless coca_random)."
+    )
+    coca_random: bool = Field(
+        False,
+        description="Caption with a RANDOM-INIT CoCa when coca_pretrained is None. Its captions are gibberish: "
+        "only for checking the pipeline, never for a dataset you train on.",
+    )
     coca_seq_len: int = Field(12, ge=2, description="Max generated tokens per CoCa caption.")
     batch_size: int = Field(8, ge=1, description="Keyframes per CoCa batch.")
     coca_top_k: int = Field(
@@ -214,6 +225,14 @@ class CurateConfig(_Strict):
     ray: RayConfig = RayConfig()
     max_failure_rate: float = Field(
         0.25, ge=0, le=1, description="`lct curate` fails when more than this share of films failed."
+    )
+    max_caption_failure_rate: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="`lct curate` fails when more than this share of the scenes it wrote have a shot whose "
+        "configured captioner (VLM endpoint, CoCa) failed to caption it. Scenes left uncaptioned because no "
+        "captioner is configured are counted apart (`no_captioner`), not failed.",
     )
     extensions: tuple[str, ...] = Field(
         (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v"), description="Extensions picked up from folders."

@@ -32,10 +32,11 @@ import yaml
 from ray.util import metrics
 
 from dataprep import cluster, manifest
-from dataprep.caption_film import FilmCaptioner, finish, has_gaps, sidecar_only
+from dataprep.caption_film import SCENE_FAILED, FilmCaptioner, finish, has_captioner, has_gaps, sidecar_only
 from dataprep.config import CurateConfig, RayConfig
 from dataprep.embed import ClipEmbedder
 from dataprep.film import FilmResult, process_film
+from dataprep.lock import writes_to
 from dataprep.samples import build_film, dropped_rows, film_row
 from dataprep.scenes import colour_histogram, group_scenes
 from dataprep.shards import SceneShardWriter, recover
@@ -69,6 +70,7 @@ class CurateSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     failure_rate: float = 0.0
     wall_s: float = 0.0
+    captions: dict = field(default_factory=dict)  # this run's scenes by caption status, and the policy
 
 
 class CurateUsageError(ValueError):
@@ -195,6 +197,7 @@ def _done_uris(out_dir: Path) -> dict[str, str]:
     return {uri: fid for uri, (st, fid) in status.items() if st == "ok"}
 
 
+@writes_to("out_dir", "lct curate")  # one writer per DIR (DIR/lct.lock): a second one gets OutputBusy
 def curate(
     inputs: list[str],
     out_dir: str | Path,
@@ -202,7 +205,8 @@ def curate(
     on_film: Callable[[Outcome, int, int], None] | None = None,
     on_status: Callable[[str], None] | None = None,
 ) -> CurateSummary:
-    """Curate `inputs` into `out_dir`. Raises CurateFailed past `cfg.max_failure_rate` (outputs stay valid)."""
+    """Curate `inputs` into `out_dir`. Raises CurateFailed past `cfg.max_failure_rate` or
+    `cfg.max_caption_failure_rate` (outputs stay valid)."""
     started = time.perf_counter()
     out_dir = Path(out_dir).resolve()
     uris = list_films(inputs, cfg.extensions)
@@ -238,6 +242,7 @@ def curate(
     counts = Counter(skipped=skipped_done)
     failures: list[tuple[str, str]] = []
     caption_sources: Counter = Counter()
+    caption_scenes: Counter = Counter()  # scenes written this run by caption status (caption_film)
     vlm_failures = 0
     seen_ids: dict[str, str] = dict((fid, uri) for uri, fid in done.items())
     queue: deque[str] = deque(todo)
@@ -291,7 +296,7 @@ def curate(
             ends = [s.end_frame / result.fps for s in kept]
             film.scenes = group_scenes(starts, ends, features, method, cfg.scenes)
             from_sidecar = sidecar_only(result, film.scenes)
-            if has_gaps(from_sidecar[0], from_sidecar[2]) and (cfg.caption.vlm is not None or cfg.caption.coca):
+            if has_gaps(from_sidecar[0], from_sidecar[2]) and has_captioner(cfg.caption):
                 film.stage = "caption"
                 film.ref, i = captioners.call("caption", result, film.scenes)
                 film.pool = (captioners, i)
@@ -304,6 +309,7 @@ def curate(
         if not entry.samples:
             return fail(film, "skipped", f"no scene with at least {cfg.scenes.min_shots} shots", shots_dropped=True)
         film.entry = entry
+        caption_scenes.update(s for s, scene in zip(captions.scene_status, film.scenes) if len(scene) >= cfg.scenes.min_shots)
         record(film, Outcome(film.uri, "ok", None, entry.film_row["n_shots"], entry.film_row["n_scenes"]))
 
     while queue or flight:
@@ -353,8 +359,24 @@ def curate(
         "shots_dropped": shots.num_rows - kept.num_rows,
         "scenes": sum(s["samples"] for s in shards),
         "shards": len(shards),
+        "scenes_uncaptioned": len({r["scene_id"] for r in kept.select(["scene_id", "caption_source"]).to_pylist()
+                                   if r["caption_source"] == "none"}),
+    }
+    written = sum(caption_scenes.values())
+    summary.captions = {
+        "scenes": written,
+        **{status: caption_scenes[status] for status in ("captioned", "failed", "no_captioner")},
+        "failure_rate": caption_scenes[SCENE_FAILED] / written if written else 0.0,
+        "max_caption_failure_rate": cfg.max_caption_failure_rate,
     }
     _write_summary(out_dir, cfg, summary, shards, embed_info, method, caption_sources, vlm_failures, versions_)
+    if summary.captions["failure_rate"] > cfg.max_caption_failure_rate:
+        raise CurateFailed(
+            f"{summary.captions['failed']} of {written} scenes have shots their captioner failed to caption "
+            f"({summary.captions['failure_rate']:.0%}), more than max_caption_failure_rate="
+            f"{cfg.max_caption_failure_rate:.0%} (VLM failures: {vlm_failures} scenes; see the log). They were written "
+            f"with empty captions (caption_source none) to {out_dir}; fix the captioner and re-curate into a new --out"
+        )
     if status["ok"] == 0:
         raise CurateFailed(f"no film was curated successfully ({summary.totals['films']}); see {out_dir}/dataset.json")
     if summary.failure_rate > cfg.max_failure_rate:
@@ -375,6 +397,7 @@ def _write_summary(out_dir, cfg, summary, shards, embed_info, method, caption_so
         "scene_similarity": method,
         "caption_sources": dict(caption_sources),
         "vlm_failed_scenes": vlm_failures,
+        "captions": summary.captions,
         "config": json.loads(cfg.model_dump_json()),
         "versions": versions_,
         "wall_time_s": round(summary.wall_s, 3),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,9 +19,10 @@ from dataprep.shards import FilmEntry, encode_sample, npy_bytes
 
 @dataclass(frozen=True)
 class Captions:
-    shots: list[str]  # one per kept shot
+    shots: list[str]  # one per kept shot; "" (source `none`) when no captioner gave one
     sources: list[str]  # sidecar | vlm | coca | none
-    scene_globals: list[str]  # one per scene
+    scene_globals: list[str]  # one per scene; "" when none of its shots has a caption either
+    scene_status: list[str] = field(default_factory=list)  # per scene: SCENE_CAPTIONED | ... (caption_film)
 
 
 def uri_id(uri: str) -> str:

@@ -173,10 +173,21 @@ def _print_dataset(out: Path) -> None:
         ("shots in scenes", c["shots"]),
         ("shots dropped", c["shots_dropped"]),
         ("scenes", c["scenes"]),
+        ("scenes without captions", c.get("scenes_uncaptioned", "n/a")),
         ("shards", c["shards"]),
     ]:
         table.add_row(name, str(value))
+    captions = summary.get("captions") or {}
+    if captions.get("scenes"):
+        table.add_row("this run: scenes captioned", str(captions["captioned"]))
+        table.add_row("this run: caption failed", f"{captions['failed']} ({captions['failure_rate']:.0%}, "
+                      f"limit {captions['max_caption_failure_rate']:.0%})")
+        table.add_row("this run: no captioner configured", str(captions["no_captioner"]))
     console.print(table)
+    if captions.get("no_captioner"):
+        console.print(f"[yellow]{captions['no_captioner']} scenes have NO captions: no sidecar, no VLM endpoint "
+                      "(caption.vlm) and no CoCa weights (caption.coca_pretrained) are configured; they are written "
+                      "with caption_source none, and `lct train` warns when it trains on them[/yellow]")
     if summary["embed"].get("random_init"):
         console.print("[yellow]CLIP embeddings are from a RANDOM-INIT model (no pretrained weights configured)[/yellow]")
     bad = failures(out)
@@ -277,7 +288,8 @@ def train(
     })
     try:
         if dry_run:
-            prepare_run(cfg, out)
+            if warning := prepare_run(cfg, out):
+                console.print(f"[yellow]WARNING: {warning}[/yellow]")
             console.print(f"checked; wrote {out / 'config.yaml'} and {out / 'deepspeed.json'}")
             return
         check(cfg, out)

@@ -82,13 +82,38 @@ def check(cfg: TrainConfig, run_dir: Path) -> None:
             )
 
 
-def prepare_run(cfg: TrainConfig, run_dir: Path) -> None:
-    """Check, then write RUN/config.yaml and RUN/deepspeed.json."""
+def prepare_run(cfg: TrainConfig, run_dir: Path) -> str | None:
+    """Check, then write RUN/config.yaml, RUN/deepspeed.json and RUN/data.json (what the run trains on,
+    with its caption coverage). Returns a warning when the dataset has uncaptioned scenes (also logged)."""
     check(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_yaml(cfg))
     ds = deepspeed_config(cfg, cfg.engine.workers)
     (run_dir / "deepspeed.json").write_text(json.dumps(ds, indent=2) + "\n")
+    captions = caption_coverage(cfg.data.dataset)
+    warning = None
+    if captions["scenes_uncaptioned"]:
+        warning = (f"training on {captions['scenes_uncaptioned']} of {captions['scenes']} scenes WITHOUT captions "
+                   f"(caption_source none in {cfg.data.dataset}): the model learns them unconditioned. Curate with a "
+                   "VLM endpoint (caption.vlm), CoCa weights (caption.coca_pretrained) or sidecar captions.")
+        log.warning(warning)
+    info = {"dataset": str(cfg.data.dataset), "captions": captions, "warnings": [warning] if warning else []}
+    (run_dir / "data.json").write_text(json.dumps(info, indent=2) + "\n")
+    return warning
+
+
+def caption_coverage(dataset: str | Path) -> dict:
+    """{scenes, scenes_uncaptioned}: scenes of the dataset's manifest, and those with a shot whose
+    caption_source is `none` (no captioner gave it a caption)."""
+    import pyarrow.parquet as pq
+
+    path = Path(dataset) / "manifest" / "shots.parquet"
+    if not path.is_file():
+        return {"scenes": 0, "scenes_uncaptioned": 0}
+    rows = pq.read_table(path, columns=["scene_id", "caption_source", "kept"]).to_pylist()
+    scenes = {r["scene_id"] for r in rows if r["kept"]}
+    bare = {r["scene_id"] for r in rows if r["kept"] and r["caption_source"] == "none"}
+    return {"scenes": len(scenes), "scenes_uncaptioned": len(bare)}
 
 
 def connect(address: str | None, workers: int, cpus: int, gpus: int = 0) -> str | None:
@@ -127,7 +152,9 @@ def launch(
 
     started = time.perf_counter()
     run_dir = Path(run_dir).resolve()
-    prepare_run(cfg, run_dir)
+    warning = prepare_run(cfg, run_dir)
+    if warning and on_status:
+        on_status(f"WARNING: {warning}")
     eng = cfg.engine
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
     dashboard = connect(eng.ray_address, eng.workers, eng.cpus_per_worker, eng.gpus_per_worker)

@@ -376,6 +376,7 @@ def run_stats(rows: list[dict], out: Path) -> dict:
         "films_per_min": round(len(mine) / minutes, 2) if mine and wall_s > 0 else 0.0,
         "shots_per_min": round(shots / minutes, 2) if wall_s > 0 else 0.0,
         "totals": doc.get("counts", {}),
+        "captions": doc.get("captions", {}),
     }
 
 
@@ -401,6 +402,7 @@ def summary_markdown(out: str, stats: dict, rows: list[dict], check: DatasetChec
         f"Dataset: {films_total.get('ok', 0)} films ok, {films_total.get('failed', 0)} failed, "
         f"{films_total.get('skipped', 0)} skipped; {t.get('shots', 0)} shots in {t.get('scenes', 0)} scenes, "
         f"{t.get('shards', 0)} shards.",
+        _captions_line(stats.get("captions") or {}),
         f"Checked: {check.shards} shards (sha256), {check.samples} samples <-> {check.shot_rows} manifest shot rows"
         + (": all consistent." if not check.problems else f": **{len(check.problems)} problems**."),
         "",
@@ -426,6 +428,17 @@ def md_text(text: str) -> str:
     is backslash-escaped."""
     one_line = re.sub(r"\r\n|\r|\n", " ⏎ ", str(text))
     return MD_SPECIAL.sub(r"\\\1", one_line)
+
+
+def _captions_line(c: dict) -> str:
+    if not c.get("scenes"):
+        return "Captions: no scene written this run."
+    line = (f"Captions (this run's {c['scenes']} scenes): {c['captioned']} captioned, **{c['failed']} caption "
+            f"failed** ({c['failure_rate']:.0%}, limit {c['max_caption_failure_rate']:.0%}), "
+            f"{c['no_captioner']} without a captioner configured.")
+    if c["no_captioner"]:
+        line += " **Uncaptioned scenes**: configure `caption.vlm` or `caption.coca_pretrained` (or ship sidecars)."
+    return line
 
 
 def _link(url: str | None) -> str:

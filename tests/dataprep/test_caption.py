@@ -235,3 +235,54 @@ def test_coca_one_caption_per_image_deterministic(coca):
 def test_coca_random_init_is_the_same_in_every_instance(coca):
     images = [keyframes(i, k=1)[0] for i in range(2)]
     assert CocaCaptioner(coca.cfg)(images) == coca(images)
+
+
+# ---- caption policy per film: nothing invented, nothing silently empty -----------------------
+
+
+def _film(n_shots: int = 3):
+    """A FilmResult of n kept 1-second shots at 8 fps with random keyframes and no sidecar."""
+    from dataprep.film import FilmResult
+    from dataprep.filters import Span
+    from dataprep.keyframes import ShotClip
+
+    spans = [Span(8 * i, 8 * (i + 1), i) for i in range(n_shots)]
+    clips = [ShotClip(b"", keyframes(i), 8) for i in range(n_shots)]
+    return FilmResult(uri="/films/x.mp4", film_id="f", fps=8.0, spans=spans, clips=clips)
+
+
+def test_without_weights_or_endpoint_nothing_is_captioned_by_a_random_model():
+    from dataprep.caption_film import FilmCaptioner, has_captioner
+
+    cfg = CaptionConfig()  # the defaults: coca on, but no coca_pretrained and no VLM
+    assert not has_captioner(cfg)
+    captioner = FilmCaptioner(cfg)
+    assert captioner.coca is None  # no random-init CoCa is loaded
+    captions, failures = captioner(_film(), [[0, 1], [2]])
+    assert captions.shots == ["", "", ""] and captions.sources == ["none"] * 3
+    assert captions.scene_globals == ["", ""]  # no composed "[Character] none identified..." either
+    assert captions.scene_status == ["no_captioner", "no_captioner"] and failures == 0
+
+
+def test_an_unreachable_vlm_leaves_failed_scenes_with_source_none():
+    import socket
+
+    from dataprep.caption_film import FilmCaptioner
+
+    with socket.socket() as s:  # a port on 127.0.0.1 where nothing listens
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    vlm = VLMConfig(url=f"http://127.0.0.1:{port}/v1", model="fake", api_key_env=None, retries=1, backoff_s=0.0,
+                    timeout_s=2)
+    captions, failures = FilmCaptioner(CaptionConfig(vlm=vlm, coca=False))(_film(), [[0, 1], [2]])
+    assert failures == 2  # both scenes' requests failed after their retry
+    assert captions.sources == ["none"] * 3 and captions.shots == ["", "", ""]
+    assert captions.scene_status == ["failed", "failed"]  # a configured captioner failed: counted against the policy
+
+
+def test_empty_model_answers_are_not_captions():
+    from dataprep.caption_film import SCENE_FAILED, finish
+
+    captions = finish(["a cat", None], ["vlm", "none"], [None], [[0, 1]], missing=SCENE_FAILED)
+    assert captions.shots == ["a cat", ""] and captions.scene_status == [SCENE_FAILED]
+    assert "a cat" in captions.scene_globals[0]  # composed from the shot that has a caption

@@ -278,7 +278,8 @@ def test_captions_from_vlm_then_coca_when_no_sidecar(ray_local, synth_films, tmp
 
     broken = SceneVLM(broken=True)
     vlm = dict(vlm, url=broken.url)
-    curate([str(films)], tmp_path / "b", fast_config(caption={"vlm": vlm, "coca": True, "coca_model": "coca_ViT-B-32"}))
+    curate([str(films)], tmp_path / "b", fast_config(caption={"vlm": vlm, "coca": True, "coca_model": "coca_ViT-B-32",
+                                                                      "coca_random": True}))
     doc = json.loads((tmp_path / "b" / "dataset.json").read_text())
     rows = [r for r in _shot_rows(tmp_path / "b") if r["kept"]]
     assert {r["caption_source"] for r in rows} == {"coca"} and all(r["caption"] for r in rows)
@@ -345,3 +346,44 @@ def test_decode_errors_per_film_are_in_films_parquet(ray_local, shared_data, tmp
     rows = {Path(r["uri"]).name: r for r in pq.read_table(tmp_path / "ds" / "manifest" / "films.parquet").to_pylist()}
     assert rows["clean.mp4"]["decode_errors"] == 0 and rows["clean.mp4"]["corrupt_frames"] == 0
     assert rows["damaged.mp4"]["decode_errors"] > 0, rows["damaged.mp4"]
+
+
+@pytest.mark.slow  # two curation runs
+def test_uncaptioned_scenes_are_counted_failed_past_the_policy_and_warned_by_train(ray_local, synth_films, tmp_path):
+    """An erroring VLM on 127.0.0.1: every scene is a counted caption failure and the run fails past
+    max_caption_failure_rate, captions written as "" with source none. No captioner at all: the run passes,
+    says so, and `lct train`'s preparation warns and records it in the run."""
+    from training.config import TrainConfig
+    from training.launch import prepare_run
+
+    films = tmp_path / "in"
+    films.mkdir()
+    shutil.copy(synth_films / "synth-001.mp4", films / "nocaps.mp4")  # no sidecar beside it
+    broken = SceneVLM(broken=True)
+    vlm = {"url": broken.url, "model": "fake", "api_key_env": None, "retries": 1, "backoff_s": 0.0, "timeout_s": 5}
+    with pytest.raises(CurateFailed, match="max_caption_failure_rate=10%"):
+        curate([str(films)], tmp_path / "a", fast_config(caption={"vlm": vlm, "coca": False}))
+    doc = json.loads((tmp_path / "a" / "dataset.json").read_text())
+    scenes = doc["counts"]["scenes"]
+    assert scenes > 0 and broken.calls == 2 * scenes  # each scene asked twice (1 retry)
+    assert doc["captions"] | {} == {"scenes": scenes, "captioned": 0, "failed": scenes, "no_captioner": 0,
+                                    "failure_rate": 1.0, "max_caption_failure_rate": 0.1}
+    assert doc["counts"]["scenes_uncaptioned"] == scenes
+    rows = [r for r in _shot_rows(tmp_path / "a") if r["kept"]]
+    assert {(r["caption"], r["caption_source"]) for r in rows} == {("", "none")}
+    assert {json.loads(m["json"])["global_caption"] for m in _scene_samples(tmp_path / "a").values()} == {""}
+
+    # the same with a lenient policy: written, counted, exit 0
+    lenient = fast_config(caption={"vlm": vlm, "coca": False}, max_caption_failure_rate=1.0)
+    assert curate([str(films)], tmp_path / "b", lenient).captions["failed"] == scenes
+
+    # no sidecar, no VLM, CoCa without weights: not captioned by a random model, not a failure
+    summary = curate([str(films)], tmp_path / "c", fast_config(caption={"coca": True}))
+    assert summary.captions["no_captioner"] == scenes and summary.captions["failed"] == 0
+    assert {r["caption_source"] for r in _shot_rows(tmp_path / "c") if r["kept"]} == {"none"}
+    run_dir = tmp_path / "run"
+    cfg = TrainConfig.model_validate({"data": {"dataset": str(tmp_path / "c")}, "model": {"preset": "lct-debug"}})
+    warning = prepare_run(cfg, run_dir)
+    assert warning and f"{scenes} of {scenes} scenes WITHOUT captions" in warning
+    info = json.loads((run_dir / "data.json").read_text())
+    assert info["captions"] == {"scenes": scenes, "scenes_uncaptioned": scenes} and info["warnings"] == [warning]

@@ -265,3 +265,14 @@ def test_film_names_from_data_cannot_break_the_markdown_summary(tmp_path):
     assert "`" not in body[0].replace("\\`", "")  # no backtick opens a code span
     assert "rm -rf" in body[0] and "line 2" in body[0]  # nothing of the name is lost
     assert lines[0].startswith("# ingest -> ") and "\\|" in lines[0] and "\\`" in lines[0]
+
+
+def test_the_summary_artifact_shows_caption_failures_and_uncaptioned_scenes(tmp_path):
+    from pipelines.flows.ingest import CurateRun, DatasetCheck, run_stats, summary_markdown
+
+    (tmp_path / "dataset.json").write_text(json.dumps({"counts": {}, "captions": {
+        "scenes": 10, "captioned": 3, "failed": 5, "no_captioner": 2, "failure_rate": 0.5,
+        "max_caption_failure_rate": 0.1}}))
+    md = summary_markdown("ds", run_stats([], tmp_path), [], DatasetCheck(), CurateRun(dashboard=None), 0.25)
+    assert "3 captioned, **5 caption failed** (50%, limit 10%), 2 without a captioner configured" in md
+    assert "**Uncaptioned scenes**" in md
