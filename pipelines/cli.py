@@ -397,7 +397,10 @@ def eval_(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A training run dir (uses RUN/export) or an export dir."),
     data: Path = typer.Option(..., "--data", help="A curated dataset dir (`lct curate`); scenes are held out by training.data.heldout_keys."),
     out: Path = typer.Option(..., "--out", help="Output dir for eval.json and eval.md."),
-    scenes: int = typer.Option(8, "--scenes", min=1, help="Held-out scenes scored; keep N <= the run's data.holdout so none was trained on."),
+    scenes: int = typer.Option(32, "--scenes", min=1, help="Held-out scenes scored (the criteria are meant for >= 32); keep N <= the run's data.holdout so none was trained on."),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per generated row (consistency = mean over seeds)."),
+    ablation: Optional[Path] = typer.Option(None, "--ablation", help="The same model trained with recipe.timesteps=sync: adds its joint row and probe."),
+    probe: bool = typer.Option(True, "--probe/--no-probe", help="The sampling-free probe (loss of a shot with the others clean vs noise)."),
     modes: list[str] = typer.Option(
         ["joint", "autoregressive", "conditioned", "independent"], "--modes",
         help="Rows to generate (repeat the option): joint, autoregressive, conditioned, independent. 'real' is always scored.",
@@ -422,19 +425,29 @@ def eval_(
         with _progress() as bar:
             task = bar.add_task("held-out scenes x rows", total=None, note="")
             report = evaluate(
-                bundle, data, out, scenes=scenes, modes=tuple(modes), steps=steps, seed=seed, cfg=cfg,
+                bundle, data, out, scenes=scenes, modes=tuple(modes), steps=steps, seed=seed, cfg=cfg, seeds=seeds,
+                ablation=_load_bundle(ablation, device) if ablation else None, probe=probe,
                 on_progress=lambda what, done, total: bar.update(task, completed=done, total=total, note=what),
             )
     except (RuntimeError, ValueError, OSError) as e:
         console.print(f"[red]evaluation failed:[/red] {e}")
         raise typer.Exit(1)
-    table = Table(title=f"eval of {report['scenes']} held-out scenes ({report['steps']} steps)")
-    for col in ("row", "CLIP consist.", "hist consist.", "text align", "frame diff", "s/scene"):
+    table = Table(title=f"eval of {report['scenes']} held-out scenes x {report['seeds']} seeds ({report['steps']} steps)")
+    for col in ("row", "consistency", "95% CI", "guard", "attr. err", "baseline", "hist consist.", "frame diff", "s/scene"):
         table.add_column(col, justify="left" if col == "row" else "right")
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
     for name, m in report["rows"].items():
-        values = [m["clip_consistency"], m["hist_consistency"], m["text_alignment"], m["frame_diff"], m["seconds"]]
-        table.add_row(name, *("n/a" if v is None else f"{v:.3f}" for v in values))
+        c = m["consistency"]
+        table.add_row(name, fmt(c["value"]), f"[{fmt(c['ci_low'])}, {fmt(c['ci_high'])}]", "ok" if m["guard"] else "FAIL",
+                      fmt(m["attribute_error"]), fmt(m["attribute_baseline"]), fmt(m["hist_consistency"]),
+                      fmt(m["frame_diff"]), fmt(m["seconds"]))
     console.print(table)
+    for c in report["criteria"]:
+        console.print(f"{'[green]PASS[/green]' if c['passed'] else '[red]FAIL[/red]'} {c['name']}: {fmt(c['value'])} "
+                      f"[{fmt(c['ci_low'])}, {fmt(c['ci_high'])}] (threshold {c['threshold']})")
     if report["clip"].get("random_init"):
         console.print("[yellow]CLIP is RANDOM-INIT (no pretrained weights configured): CLIP numbers are low-level only[/yellow]")
     console.print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")

@@ -47,6 +47,10 @@ from dataprep.scenes import colour_histogram, histogram_similarity
 from training.data import heldout_keys, shard_paths
 from training.generate import Plan, SceneSpec, ShotSpec, default_cfg, generate, plan_scene
 from training.inference import InferenceBundle
+from training.consistency import (
+    attribute, attribute_error, between_distance, bootstrap, consistency, descriptor, guard, resampled,
+)
+from training.probe import PROBE_T, probe_losses
 from training.video import decode_clip
 
 MODES = ("joint", "autoregressive", "conditioned", "independent")
@@ -167,15 +171,43 @@ def generate_row(bundle: InferenceBundle, spec: SceneSpec, mode: str, real_shot0
     return _decode(bundle, generate(bundle, plan).latents)
 
 
+def _stat_row(desc: list[list[list[np.ndarray]]], groups_ok: bool = True):
+    """desc[seed][scene] = descriptors -> f(idx): mean over seeds of the consistency of resampled scenes."""
+    def stat(idx):
+        values = [consistency(*resampled(d, idx)) for d in desc]
+        values = [v for v in values if v is not None]
+        return float(np.mean(values)) if values else None
+    return stat
+
+
+def _ci(stat, n: int, seed: int) -> dict:
+    lo, hi = bootstrap(stat, n, seed=seed)
+    return {"value": stat(np.arange(n)), "ci_low": lo, "ci_high": hi}
+
+
+def criterion(name: str, value, ci_low, ci_high, threshold: float, passed: bool, note: str) -> dict:
+    return {"name": name, "value": value, "ci_low": ci_low, "ci_high": ci_high, "threshold": threshold,
+            "passed": bool(passed), "note": note}
+
+
 def evaluate(
-    bundle: InferenceBundle, dataset_dir: str | Path, out: str | Path, scenes: int = 8,
+    bundle: InferenceBundle, dataset_dir: str | Path, out: str | Path, scenes: int = 32,
     modes: tuple[str, ...] = MODES, steps: int = 30, seed: int = 0, cfg: float | None = None,
-    embed: EmbedConfig | None = None, on_progress: OnProgress | None = None,
+    embed: EmbedConfig | None = None, on_progress: OnProgress | None = None, seeds: int = 3,
+    ablation: InferenceBundle | None = None, probe: bool = True,
 ) -> dict:
-    """Generate and score the held-out scenes; writes OUT/eval.json and OUT/eval.md, returns the report."""
+    """Generate and score the held-out scenes; writes OUT/eval.json and OUT/eval.md, returns the report.
+
+    seeds: every generated row is made with seeds seed, seed + 1, ...; the consistency of a row is
+    the mean over seeds, its 95% interval bootstraps the scenes (the same resample for all seeds).
+    ablation: the same model trained with synchronous timesteps (recipe.timesteps: sync): its
+    joint row ("sync_joint") and probe are added.
+    """
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
         raise ValueError(f"modes must be a non-empty subset of {MODES}, got {list(modes)}")
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1, got {seeds}")
     dataset_dir, out = Path(dataset_dir), Path(out)
     summary_path = dataset_dir / "dataset.json"
     if not summary_path.is_file():
@@ -187,30 +219,111 @@ def evaluate(
         raise ValueError(f"no held-out scenes: {dataset_dir} has no scenes (or --scenes 0)")
     real = load_scenes(dataset_dir, keys)
     scorer = Scorer(embed)
+    pretrained = not scorer.description.get("random_init")
     S_max = bundle.model.cfg.max_shots
-    rows: dict[str, list[dict]] = {r: [] for r in ("real",) + tuple(modes)}
-    total, done = len(real) * len(rows), 0
+    generated = [(row, bundle) for row in modes] + ([("sync_joint", ablation)] if ablation is not None else [])
+    rows: dict[str, list[dict]] = {r: [] for r in ["real"] + [g for g, _ in generated]}
+    desc: dict[str, list[list[list[np.ndarray]]]] = {r: [[] for _ in range(seeds)] for r in rows}
+    attrs: dict[str, list[list[list[np.ndarray]]]] = {r: [[] for _ in range(seeds)] for r in rows}
+    probes: dict[str, list[tuple[float, float]]] = {"async": [], "sync": []}
+    total, done = len(real) * (1 + len(generated) * seeds), 0
     for scene in real:
         captions = [c or "(no caption)" for c in scene.captions[:S_max]]
         frames = [decode_clip(m, bundle.frames, bundle.fps, bundle.size) for m in scene.mp4s[:S_max]]
-        spec = SceneSpec.model_validate({
-            "global": scene.global_caption, "shots": [ShotSpec(prompt=c) for c in captions],
-            "seed": seed, "steps": steps, "cfg": cfg,
-        })
-        for row in rows:
-            start = time.perf_counter()
-            shots = frames if row == "real" else generate_row(bundle, spec, row, frames[0])
-            seconds = None if row == "real" else time.perf_counter() - start
-            rows[row].append({"key": scene.key, "shots": len(shots), "seconds": seconds} | scorer(shots, captions))
-            done += 1
-            if on_progress:
-                on_progress(f"{scene.key} {row}", done, total)
+        for row, model in [("real", None)] + generated:
+            for k in range(1 if row == "real" else seeds):
+                spec = SceneSpec.model_validate({
+                    "global": scene.global_caption, "shots": [ShotSpec(prompt=c) for c in captions],
+                    "seed": seed + k, "steps": steps, "cfg": cfg,
+                })
+                start = time.perf_counter()
+                mode = "joint" if row == "sync_joint" else row
+                shots = frames if row == "real" else generate_row(model, spec, mode, frames[0])
+                seconds = None if row == "real" else time.perf_counter() - start
+                scored = shots[1:] if row == "conditioned" else shots        # the given shot is not scored
+                metrics = scorer(scored, captions[1:] if row == "conditioned" else captions)
+                if not pretrained:
+                    metrics["clip_consistency"] = None                         # random-init CLIP: not a metric
+                rows[row].append({"key": scene.key, "seed": seed + k, "shots": len(shots), "scored": len(scored),
+                                  "seconds": seconds} | metrics)
+                for s in range(seeds if row == "real" else 1):
+                    desc[row][s if row == "real" else k].append([descriptor(f) for f in scored])
+                    attrs[row][s if row == "real" else k].append([attribute(f) for f in scored])
+                done += 1
+                if on_progress:
+                    on_progress(f"{scene.key} {row} seed {seed + k}", done, total)
+        if probe:
+            for name, model in (("async", bundle), ("sync", ablation)):
+                if model is not None:
+                    p = probe_losses(model, scene.global_caption, captions, frames, seed)
+                    if p is not None:
+                        probes[name].append(p)
+    n = len(real)
+    real_spread = between_distance(desc["real"][0])
+    table = {}
+    for row in rows:
+        stat = _stat_row(desc[row])
+        entry = {"consistency": _ci(stat, n, seed)}
+        spreads = [between_distance(d) for d in desc[row]]
+        spreads = [v for v in spreads if v is not None]
+        entry["spread"] = float(np.mean(spreads)) if spreads else None
+        entry["guard"] = guard(entry["spread"], real_spread)
+        errs = [attribute_error(a, attrs["real"][0]) for a in attrs[row]]
+        e = [x for x, _ in errs if x is not None]
+        b = [y for _, y in errs if y is not None]
+        entry["attribute_error"] = float(np.mean(e)) if e else None
+        entry["attribute_baseline"] = float(np.mean(b)) if b else None
+        table[row] = entry | mean_metrics(rows[row])
+
+    criteria = []
+    if "joint" in rows and "independent" in rows:
+        j, ind = _stat_row(desc["joint"]), _stat_row(desc["independent"])
+
+        def gap(idx):
+            a, b = j(idx), ind(idx)
+            return None if a is None or b is None else a - b
+
+        c = _ci(gap, n, seed)
+        criteria.append(criterion(
+            "joint_minus_independent_consistency", c["value"], c["ci_low"], c["ci_high"], 0.5,
+            c["value"] is not None and c["value"] >= 0.5 and c["ci_low"] is not None and c["ci_low"] > 0.3
+            and table["joint"]["guard"],
+            "joint - independent normalised consistency >= 0.5, lower bound of its 95% CI > 0.3, joint passes the diversity guard"))
+    if "conditioned" in rows:
+        def ratio(idx):
+            pairs = [attribute_error([a[i] for i in idx], [attrs["real"][0][i] for i in idx]) for a in attrs["conditioned"]]
+            pairs = [(x, y) for x, y in pairs if x is not None and y]
+            return float(np.mean([x / y for x, y in pairs])) if pairs else None
+
+        c = _ci(ratio, n, seed)
+        criteria.append(criterion(
+            "conditioned_attribute_error_over_baseline", c["value"], c["ci_low"], c["ci_high"], 0.5,
+            c["value"] is not None and c["value"] <= 0.5,
+            "hidden-attribute error of the shots generated after the given shot, / the cross-scene baseline, <= 0.5"))
+    for name, want, threshold in (("async", "lt", 0.75), ("sync", "ge", 1.0)):
+        pairs = probes[name]
+        if not pairs:
+            continue
+        arr = np.array(pairs)                                                   # (n, 2): clean, noise
+
+        def pr(idx, arr=arr):
+            return float(arr[idx, 0].mean() / arr[idx, 1].mean())
+
+        c = _ci(pr, len(arr), seed)
+        ok = c["value"] < threshold if want == "lt" else c["value"] >= threshold
+        criteria.append(criterion(
+            f"probe_ratio_{name}", c["value"], c["ci_low"], c["ci_high"], threshold, ok,
+            f"loss of the last shot at t={PROBE_T} with the other shots clean / with them pure noise "
+            f"({'< ' if want == 'lt' else '>= '}{threshold}; {'the model' if name == 'async' else 'the sync-timestep ablation'})"))
+
     report = {
         "checkpoint": {"path": str(bundle.path), "step": bundle.info.get("step")},
+        "ablation": None if ablation is None else {"path": str(ablation.path), "step": ablation.info.get("step")},
         "data": str(dataset_dir), "heldout": keys, "heldout_rule": "n smallest sha1(scene key) (training.data.heldout_keys)",
-        "scenes": len(real), "steps": steps, "seed": seed, "cfg": cfg,
+        "scenes": len(real), "scenes_asked": scenes, "seeds": seeds, "steps": steps, "seed": seed, "cfg": cfg,
         "frames": bundle.frames, "size": list(bundle.size), "fps": bundle.fps,
-        "clip": scorer.description, "rows": {r: mean_metrics(v) for r, v in rows.items()},
+        "clip": scorer.description, "rows": table, "criteria": criteria,
+        "probe": {k: [list(p) for p in v] for k, v in probes.items()},
         "per_scene": rows,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -220,27 +333,42 @@ def evaluate(
 
 
 def markdown(report: dict) -> str:
-    """The eval.md table: rows = real + modes, columns = metrics."""
+    """eval.md: the rows (normalised consistency with its 95% CI, guard, attribute error, old metrics) and the criteria."""
     clip = report["clip"]
-    clip_note = (f"CLIP {clip['model']} is RANDOM-INIT (no pretrained weights configured): clip_consistency "
-                 "measures low-level similarity only, text_alignment is n/a"
+    clip_note = (f"CLIP {clip['model']} is RANDOM-INIT (no pretrained weights configured): no CLIP rows, "
+                 "text_alignment is n/a"
                  if clip.get("random_init") else f"CLIP {clip['model']} pretrained={clip['pretrained']}")
+    few = report["scenes"] < 32 or report["seeds"] < 3
     lines = [
         f"# eval of {report['checkpoint']['path']} (step {report['checkpoint']['step']})",
         "",
         f"{report['scenes']} held-out scenes of {report['data']} ({report['heldout_rule']}), "
-        f"{report['frames']} frames at {report['size'][0]}x{report['size'][1]}, {report['fps']} fps; "
-        f"{report['steps']} Euler steps, cfg {report['cfg']}, seed {report['seed']}.",
+        f"{report['seeds']} seeds, {report['frames']} frames at {report['size'][0]}x{report['size'][1]}, "
+        f"{report['fps']} fps; {report['steps']} Euler steps, cfg {report['cfg']}."
+        + (" **Fewer than the 32 scenes x 3 seeds the criteria are meant for: read the intervals.**" if few else ""),
         "",
-        f"{clip_note}.",
+        f"{clip_note}. Consistency = 1 - within-scene / between-scene distance of weight-free colour "
+        "descriptors (0 = shots of a scene no closer than shots of different scenes); the guard needs "
+        "the between-scene spread >= 0.5 x the real scenes'. The conditioned row scores only the "
+        "generated shots (the given shot 0 is excluded).",
         "",
-        "| row | CLIP consistency ↑ | colour-hist consistency ↑ | text alignment ↑ | frame diff (0 = static) | s / scene |",
-        "|---|---|---|---|---|---|",
+        "| row | consistency [95% CI] ↑ | spread | guard | attribute error (baseline) ↓ | colour-hist consistency | frame diff | s / scene |",
+        "|---|---|---|---|---|---|---|---|",
     ]
 
-    def cell(v):
-        return "n/a" if v is None else f"{v:.3f}"
+    def cell(v, f="{:.3f}"):
+        return "n/a" if v is None else f.format(v)
 
     for name, m in report["rows"].items():
-        lines.append(f"| {name} | " + " | ".join(cell(m[k]) for k in METRICS + ("seconds",)) + " |")
+        c = m["consistency"]
+        ci = f"{cell(c['value'])} [{cell(c['ci_low'])}, {cell(c['ci_high'])}]"
+        lines.append(f"| {name} | {ci} | {cell(m['spread'])} | {'ok' if m['guard'] else 'FAIL'} | "
+                     f"{cell(m['attribute_error'])} ({cell(m['attribute_baseline'])}) | "
+                     f"{cell(m['hist_consistency'])} | {cell(m['frame_diff'])} | {cell(m['seconds'], '{:.2f}')} |")
+    lines += ["", "## Criteria", "", "| criterion | value [95% CI] | threshold | result |", "|---|---|---|---|"]
+    for c in report["criteria"]:
+        lines.append(f"| {c['name']} — {c['note']} | {cell(c['value'])} [{cell(c['ci_low'])}, {cell(c['ci_high'])}] | "
+                     f"{c['threshold']} | {'PASS' if c['passed'] else 'FAIL'} |")
+    if not report["criteria"]:
+        lines.append("| (no criteria: needs the joint + independent / conditioned rows or the probe) | | | |")
     return "\n".join(lines) + "\n"

@@ -91,3 +91,29 @@ def test_cli_eval_of_a_non_dataset_exits_2(tmp_path):
     bad = CliRunner().invoke(app, ["eval", "--checkpoint", str(tmp_path), "--data", str(tmp_path),
                                    "--out", str(tmp_path / "out"), "--modes", "jiont"])
     assert bad.exit_code == 2 and "jiont" in bad.output
+
+
+@pytest.mark.slow
+def test_eval_criteria_and_intervals(curated, tmp_path):
+    from training.evaluate import evaluate
+    from training.inference import load_bundle
+
+    bundle = load_bundle(make_checkpoint(tmp_path / "run"))
+    sync = load_bundle(make_checkpoint(tmp_path / "sync", seed=1))
+    report = evaluate(bundle, curated, tmp_path / "eval", scenes=3, seeds=2, steps=1,
+                      modes=("joint", "conditioned", "independent"), ablation=sync)
+    assert list(report["rows"]) == ["real", "joint", "conditioned", "independent", "sync_joint"]
+    names = [c["name"] for c in report["criteria"]]
+    assert names == ["joint_minus_independent_consistency", "conditioned_attribute_error_over_baseline",
+                     "probe_ratio_async", "probe_ratio_sync"]
+    for c in report["criteria"]:
+        assert set(c) >= {"name", "value", "ci_low", "ci_high", "threshold", "passed"}
+        assert c["ci_low"] <= c["value"] <= c["ci_high"] or c["ci_low"] is None
+    real = report["rows"]["real"]
+    assert real["consistency"]["value"] > 0.3 and real["guard"]               # real synthetic scenes
+    assert report["rows"]["joint"]["guard"] is False                          # an untrained model's noise
+    assert not report["criteria"][0]["passed"]                                # ... cannot win
+    for scene in report["per_scene"]["conditioned"]:
+        assert scene["scored"] == scene["shots"] - 1                          # the given shot is excluded
+    assert len(report["per_scene"]["joint"]) == 3 * 2                         # scenes x seeds
+    assert "## Criteria" in (tmp_path / "eval" / "eval.md").read_text()
