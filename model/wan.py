@@ -55,7 +55,7 @@ except ImportError as e:  # pragma: no cover
 
 WAN_TIMESTEP_SCALE = 1000.0   # Wan embeds t * 1000 (its scheduler's timesteps = sigma * 1000)
 WAN_TEXT_LEN = 512            # Wan pipelines pad umT5 features with zeros to 512 tokens
-WAN_FLOW_SHIFT = 5.0          # Wan 2.1 T2V sampling shift at 720p (3.0 at 480p)
+WAN_FLOW_SHIFT = 3.0          # Wan 2.1 T2V sampling shift at 480p (5.0 at 720p), when the folder has no scheduler/
 
 
 @dataclass(frozen=True)
@@ -481,3 +481,45 @@ def export_diffusers(model: WanLCT, directory: str | Path) -> Path:
     plain.load_state_dict({k: v.detach().cpu() for k, v in model.native_state_dict().items()}, strict=True)
     plain.save_pretrained(directory / "transformer", safe_serialization=True)
     return directory
+
+
+# -- LoRA (peft) ---------------------------------------------------------------------------------
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2")   # attention + FFN
+
+
+def add_lora(model: WanLCT, rank: int, alpha: float, targets: tuple[str, ...] = LORA_TARGETS) -> WanLCT:
+    """LoRA adapters (peft, B zero-initialised: the model starts exactly at the base) on the `targets`
+    linears of every block; everything else, base weights included, is frozen (the text projection,
+    when there is one, stays trainable: it has no pre-trained weights)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=_lora_regex(targets), init_lora_weights=True)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    inject_adapter_in_model(config, model)
+    for name, p in model.named_parameters():
+        p.requires_grad_("lora_" in name or name.startswith("text_proj."))
+    if not any("lora_" in n for n, _ in model.named_parameters()):
+        raise ValueError(f"no module of the Wan model matches the LoRA targets {targets}")
+    return model
+
+
+def _lora_regex(targets: tuple[str, ...]) -> str:
+    """peft target regex: the named linears inside the attention and FFN of every block."""
+    names = "|".join(t.replace(".", r"\.") for t in targets)
+    return rf"blocks\.\d+\.((attn1|attn2)\.)?({names})"
+
+
+@torch.no_grad()
+def merge_lora(model: WanLCT) -> WanLCT:
+    """Fold every LoRA adapter into its base linear (W += scale B A) and remove the adapters."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+    return model

@@ -43,6 +43,11 @@ class ModelSection(_Strict):
         None, description="Local diffusers Wan folder (transformer/, vae/, text_encoder/ + tokenizer/); implies backbone wan."
     )
     text_len: int = Field(512, ge=1, description="wan: prompt tokens per shot, [global; shot] zero-padded to this (Wan: 512).")
+    lora_rank: int = Field(0, ge=0, description="wan: LoRA rank on attention + FFN projections (0 = full fine-tune).")
+    lora_alpha: float | None = Field(None, gt=0, description="wan: LoRA alpha (scale alpha / rank); default = rank.")
+    lora_targets: list[str] = Field(
+        ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"],
+        description="wan: linears of each block given LoRA adapters (self/cross-attention and FFN).")
 
     @model_validator(mode="before")
     @classmethod
@@ -61,6 +66,9 @@ class ModelSection(_Strict):
 
             check_weights(self.pretrained, read_transformer_config(self.pretrained))   # names file and key
             return self
+        if self.lora_rank:
+            raise ValueError("model.lora_rank is for backbone wan (tuning a pre-trained model); the native "
+                             "lct-mmdit trains from scratch: set lora_rank 0")
         if self.preset not in PRESETS:
             raise ValueError(f"model.preset={self.preset!r} is not a preset; choose one of {sorted(PRESETS)}")
         self.lct()  # validates the overrides with LCTConfig's own checks

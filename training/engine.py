@@ -86,6 +86,10 @@ def build_model(cfg: TrainConfig) -> LCT:
                 f"this run)): {diff}; only attention and grad_checkpointing may change"
             )
         model.load_state_dict(source.state_dict(), strict=True)
+    if cfg.model.lora_rank:                  # after init_from: adapters start from those weights
+        from model.wan import add_lora
+
+        add_lora(model, cfg.model.lora_rank, cfg.model.lora_alpha or cfg.model.lora_rank, tuple(cfg.model.lora_targets))
     # lets DeepSpeed's ds_to_universal converter read this model's checkpoints
     setattr(model, UNIVERSAL_CHECKPOINT_INFO, {UNIVERSAL_CHECKPOINT_VERSION_KEY: UNIVERSAL_CHECKPOINT_VERSION_VALUE})
     return model
@@ -96,7 +100,8 @@ def init_engine(model: LCT, cfg: TrainConfig, world_size: int, universal: bool =
     ds = deepspeed_config(cfg, world_size)
     if universal:
         ds["checkpoint"] = {"load_universal": True}
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds)
+    trainable = [p for p in model.parameters() if p.requires_grad]     # LoRA: the adapters only
+    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=trainable, config=ds)
     engine.checkpoint_engine = SafeCheckpointEngine(engine._config)
     return engine
 
@@ -196,6 +201,15 @@ def prune_checkpoints(checkpoints: Path, keep: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def wan_flow_shift(folder: str) -> float:
+    """The flow_shift of DIR/scheduler/scheduler_config.json (Wan's sampling shift), else Wan's 480p default."""
+    from model.wan import WAN_FLOW_SHIFT
+
+    path = Path(folder) / "scheduler" / "scheduler_config.json"
+    shift = json.loads(path.read_text()).get("flow_shift") if path.is_file() else None
+    return float(shift) if shift else WAN_FLOW_SHIFT
+
+
 def export(engine, cfg: TrainConfig, run_dir: Path, step: int, ema: EMA | None) -> Path | None:
     """RUN/export: model.safetensors + config.json + lct.json (EMA weights when on). Rank 0 writes."""
     state = ema.state_dict(engine.module) if ema is not None else full_state_dict(engine)
@@ -205,6 +219,13 @@ def export(engine, cfg: TrainConfig, run_dir: Path, step: int, ema: EMA | None) 
             from model.wan import build_wan
 
             model = build_wan(cfg.arch())
+            if cfg.model.lora_rank:          # the export holds the merged weights: a plain Wan
+                from model.wan import add_lora, merge_lora
+
+                add_lora(model, cfg.model.lora_rank, cfg.model.lora_alpha or cfg.model.lora_rank,
+                         tuple(cfg.model.lora_targets))
+                model.load_state_dict(state, strict=True)
+                state = merge_lora(model).state_dict()
         else:
             model = LCT(cfg.model.lct())
         model.load_state_dict(state, strict=True)
@@ -212,6 +233,7 @@ def export(engine, cfg: TrainConfig, run_dir: Path, step: int, ema: EMA | None) 
             model, run_dir / "export", text=cfg.data.text_config(), codec=cfg.data.codec_config(),
             frames=cfg.data.frames, fps=cfg.data.fps, step=step, run=str(run_dir),
             text_dropout=cfg.recipe.text_dropout,
+            flow_shift=wan_flow_shift(cfg.model.pretrained) if cfg.model.backbone == "wan" else None,
         )
     dist.barrier()
     return path

@@ -120,7 +120,8 @@ class SceneSpec(_Strict):
     cfg: float | None = Field(
         None, ge=0.0, description="Classifier-free guidance scale; 1 = off; default: DEFAULT_CFG if the "
         "checkpoint was trained with prompt dropout, else 1.")
-    shift: float = Field(1.0, gt=0.0, description="Timestep shift of the sampling schedule (1 = none).")
+    shift: float | None = Field(None, gt=0.0, description="Timestep shift of the sampling schedule (1 = none); "
+                                "default: the base model's flow_shift (Wan: its scheduler's), else 1.")
     t_c: float = Field(0.3, ge=0.0, lt=1.0, description="Timestep of history shots (autoregressive, extend).")
 
 
@@ -260,7 +261,8 @@ def plan_scene(
     given = {i: condition_latent(c, bundle, frames[i], shapes[i], i) for i, c in conds.items()}
     t_c = next(iter(conds.values())).t if mode == "conditioned" else spec.t_c
     cfg_scale = spec.cfg if spec.cfg is not None else default_cfg(bundle)
-    sampler = SamplerConfig(steps=spec.steps, shift=spec.shift, cfg_scale=cfg_scale, t_c=t_c, seed=spec.seed)
+    shift = spec.shift if spec.shift is not None else float(bundle.info.get("flow_shift") or 1.0)
+    sampler = SamplerConfig(steps=spec.steps, shift=shift, cfg_scale=cfg_scale, t_c=t_c, seed=spec.seed)
     return Plan(spec, mode, shapes, frames, given, sampler, refs)
 
 
@@ -375,7 +377,7 @@ def _record(bundle, plan, prompts, history, seconds, cache, total, device) -> di
     return {
         "mode": plan.mode, "global": spec.global_, "seed": spec.seed, "steps": spec.steps, "cfg": plan.sampler.cfg_scale,
         "references": plan.references,
-        "shift": spec.shift, "t_c": plan.sampler.t_c,
+        "shift": plan.sampler.shift, "t_c": plan.sampler.t_c,
         "checkpoint": {"path": str(bundle.path), "step": bundle.info.get("step"), "run": bundle.info.get("run", "")},
         "model": {"attention": bundle.model.cfg.attention, "max_shots": bundle.model.cfg.max_shots},
         "size": list(bundle.size), "fps": bundle.fps, "device": str(device),

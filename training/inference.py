@@ -44,7 +44,7 @@ class InferenceBundle:
 
 def write_export(
     model: LCT, directory: str | Path, *, text: TextEncoderConfig, codec: LatentCodecConfig,
-    frames: int, fps: float, step: int, run: str = "", text_dropout: float = 0.0,
+    frames: int, fps: float, step: int, run: str = "", text_dropout: float = 0.0, flow_shift: float | None = None,
 ) -> Path:
     """save_export + lct.json; written to a temp dir and renamed so a reader never sees half of it."""
     directory = Path(directory)
@@ -60,6 +60,8 @@ def write_export(
         "frames": frames, "fps": fps, "size": list(codec.size), "step": step, "run": run,
         "text_dropout": text_dropout,     # > 0: the model learnt the null prompt, so CFG is on by default
     }
+    if flow_shift is not None:            # the base model's sampling shift (Wan), the default of lct generate
+        info["flow_shift"] = flow_shift
     (tmp / INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     if directory.exists():
         old = directory.with_name(directory.name + ".old")

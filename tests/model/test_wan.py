@@ -227,3 +227,30 @@ def test_wan_module_imports_without_ray_deepspeed_prefect():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_lora_starts_at_the_base_trains_only_adapters_and_merges_exactly(wan_dir):
+    from model.wan import add_lora, merge_lora
+
+    model = load(wan_dir)
+    scene = make_scene(model, SHAPES[:2])
+    batch, t = collate([scene], model.cfg), torch.tensor([[0.3, 0.6]])
+    with torch.no_grad():
+        base = model(batch, t, packed=True)
+    add_lora(model, rank=2, alpha=4.0)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert any(".ffn.net.0.proj.lora_A" in n for n in trainable) and any(".attn2.to_out.0.lora_B" in n for n in trainable)
+    with torch.no_grad():
+        assert (model(batch, t, packed=True) - base).abs().max() == 0       # B = 0: exactly the base model
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.1)
+        tuned = model(batch, t, packed=True)
+    assert (tuned - base).abs().max() > 1e-3
+    merge_lora(model)
+    assert not any("lora_" in n for n in model.state_dict())
+    assert set(model.native_state_dict()) == set(WanTransformer3DModel.from_pretrained(
+        wan_dir, subfolder="transformer").state_dict())
+    with torch.no_grad():
+        assert (model(batch, t, packed=True) - tuned).abs().max() <= ATOL

@@ -87,6 +87,7 @@ def test_tiny_wan_end_to_end(curated, wan_dir, tmp_path):
     # the export: lct's bundle and a plain diffusers transformer with the tuned weights
     bundle = load_bundle(run)
     assert bundle.model.cfg.attention == "bidirectional" and bundle.codec.latent_channels == 4
+    assert bundle.info["flow_shift"] == 3.0
     plain = WanTransformer3DModel.from_pretrained(run / "export" / "diffusers", subfolder="transformer")
     start = WanTransformer3DModel.from_pretrained(wan_dir, subfolder="transformer")
     tuned = dict(plain.named_parameters())
@@ -105,7 +106,32 @@ def test_tiny_wan_end_to_end(curated, wan_dir, tmp_path):
                                   "--mode", mode])
         assert gen.exit_code == 0, gen.output
         assert len(list(out.glob("*.mp4"))) >= 2, sorted(p.name for p in out.iterdir())
+        assert json.loads((out / "generation.json").read_text())["shift"] == 3.0   # Wan's flow shift, from scheduler/
     ev = runner.invoke(app, ["eval", "--checkpoint", str(run), "--data", str(curated), "--out", str(tmp_path / "eval"),
                              "--scenes", "1", "--steps", "2", "--modes", "joint", "--modes", "autoregressive"])
     assert ev.exit_code == 0, ev.output
     assert (tmp_path / "eval" / "eval.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_tiny_wan_lora_trains_adapters_and_exports_merged_weights(curated, wan_dir, tmp_path):
+    from diffusers import WanTransformer3DModel
+
+    from training.launch import launch
+
+    cfg = TrainConfig.model_validate({
+        "data": {"dataset": str(curated), "frames": 5, "size": [16, 16], "holdout": 1},
+        "model": {"pretrained": str(wan_dir), "lora_rank": 2, "lora_targets": ["to_q", "to_v"]},
+        "optim": {"lr": 1e-2, "warmup_steps": 0},
+        "engine": {"workers": 2, "zero_stage": 2},
+        "schedule": {"steps": 2, "checkpoint_every": 2, "sample_steps": 1},
+    })
+    run = tmp_path / "run"
+    result = launch(cfg, run)
+    assert result.step == 2 and math.isfinite(result.loss)
+    plain = WanTransformer3DModel.from_pretrained(run / "export" / "diffusers", subfolder="transformer")
+    start = dict(WanTransformer3DModel.from_pretrained(wan_dir, subfolder="transformer").named_parameters())
+    changed = {n for n, p in plain.named_parameters() if not torch.equal(p, start[n])}
+    assert changed and all(n.endswith(("attn1.to_q.weight", "attn1.to_v.weight", "attn2.to_q.weight",
+                                       "attn2.to_v.weight")) for n in changed), sorted(changed)
