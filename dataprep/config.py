@@ -261,10 +261,23 @@ def load_yaml(cls: type[BaseModel], path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return cls.model_validate(data)
+
+
+def read_yaml(path: str | Path):
+    """yaml.safe_load of a file; a syntax error becomes a ValueError naming file:line:column."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ValueError(f"{where}: YAML syntax error: {problem} (fix the file; YAML needs `key: value` "
+                         "lines, consistent indentation and quotes around text with ': ' or '#')") from e
 
 
 def key_hints(err: ValidationError, cls: type[BaseModel]) -> list[str]:

@@ -370,8 +370,11 @@ def generate(
     ),
 ):
     """Generate a multi-shot scene from a scene file with a trained LCT checkpoint."""
-    from training.generate import SceneError, generate as run_generate, load_scene, plan_scene, write_outputs
+    from training.generate import MODES, SceneError, generate as run_generate, load_scene, plan_scene, write_outputs
 
+    if mode is not None and mode not in MODES:   # the option is wrong, not the scene file
+        console.print(f"[red]error:[/red] --mode {mode!r} is not a mode; choose one of {', '.join(MODES)}")
+        raise typer.Exit(2)
     bundle = _load_bundle(checkpoint, device)
     try:
         plan = plan_scene(load_scene(scene), bundle, mode, steps=steps, seed=seed, cfg=cfg)

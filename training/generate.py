@@ -57,7 +57,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-import yaml
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors.torch import save as safetensors_bytes
@@ -139,10 +138,12 @@ def load_scene(path: str | Path) -> SceneSpec:
     path = Path(path)
     if not path.is_file():
         raise SceneError(f"scene file {path} not found")
+    from dataprep.config import read_yaml
+
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SceneError(f"{path} is not valid YAML: {e}") from e
+        data = read_yaml(path)
+    except ValueError as e:
+        raise SceneError(str(e)) from e
     if not isinstance(data, dict):
         raise SceneError(f"{path} must be a mapping with `global` and `shots`, got {type(data).__name__}")
     try:

@@ -52,6 +52,16 @@ def step_generator(seed: int, step: int, rank: int, micro: int) -> torch.Generat
     return torch.Generator().manual_seed(zlib.crc32(f"{seed}-{step}-{rank}-{micro}".encode()))
 
 
+def reduce_over_ranks(loss: torch.Tensor, skipped: int) -> tuple[float, int]:
+    """(mean of the ranks' losses, sum of the ranks' skipped samples): one all-reduce, every rank gets both.
+
+    A corrupt sample skipped on rank 1 counts in `skipped_samples` as much as one on rank 0.
+    """
+    both = torch.stack([loss.detach().double().reshape(()), torch.tensor(float(skipped), dtype=torch.float64)])
+    dist.all_reduce(both)
+    return float(both[0]) / dist.get_world_size(), int(round(float(both[1])))
+
+
 @contextlib.contextmanager
 def resume_point(run_dir: Path, under_ray: bool):
     """The checkpoint dir to resume from (None for a fresh run)."""
@@ -185,10 +195,9 @@ def train_worker(args: dict) -> None:
 
         last = step == until
         if step % sched.log_every == 0 or last or step % sched.checkpoint_every == 0:
-            mean_loss = torch.stack(losses).mean().reshape(1)
-            dist.all_reduce(mean_loss)
+            mean_loss, skipped = reduce_over_ranks(torch.stack(losses).mean(), loader.skipped)
             metrics = {
-                "loss": float(mean_loss) / world,
+                "loss": mean_loss,
                 "grad_norm": float(engine.get_global_grad_norm() or 0.0),
                 "lr": float(engine.get_lr()[0]),
                 "step_s": step_s,
@@ -198,7 +207,7 @@ def train_worker(args: dict) -> None:
                 "peak_mem_mb": peak_memory_mb(device.type),
                 "state_mb": rank_state_mb(engine),
                 "mfu": flops / step_s / peak if peak and flops else None,   # no FLOP model of Wan yet
-                "skipped_samples": loader.skipped,
+                "skipped_samples": skipped,
                 "epoch": loader.position["epoch"],
             }
             metrics |= {f"loss_{k}": v[0] / v[1] for k, v in buckets.items() if v[1]}

@@ -96,3 +96,40 @@ def test_unlistable_sources_and_unwritable_outputs_exit_2(tmp_path, shared_data)
     result = run("curate", str(shared_data / "counter.mp4"), "--out", str(tmp_path / "a-file"))
     assert result.returncode == 2 and "is a file, not a folder" in flat(result.stderr), result.stderr
     assert (tmp_path / "a-file").read_text() == "x"
+
+
+def test_yaml_syntax_errors_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("engine:\n  workers: 2\n zero_stage: [3\n")
+    for args in (["train", "--out", str(tmp_path / "run"), "--config", str(bad), "--dry-run"],
+                 ["curate", str(tmp_path), "--out", str(tmp_path / "ds"), "--config", str(bad)],
+                 ["synth", "--out", str(tmp_path / "films"), "--config", str(bad)]):
+        result = run(*args)
+        output = result.stdout + result.stderr
+        text = " ".join(output.split())
+        assert result.returncode == 2, (args, output)
+        assert f"{bad.name}:3:" in "".join(output.split()), (args, output)
+        assert "YAML syntax error" in text and "Traceback" not in output, (args, output)
+
+
+def test_a_scene_file_with_a_yaml_syntax_error_names_its_line(tmp_path):
+    from training.generate import SceneError, load_scene
+
+    scene = tmp_path / "scene.yaml"
+    scene.write_text('global: "a room"\nshots:\n  - prompt: "x\n')
+    try:
+        load_scene(scene)
+    except SceneError as e:
+        assert f"{scene}:" in str(e) and "YAML syntax error" in str(e)
+    else:
+        raise AssertionError("no SceneError")
+
+
+def test_a_mistyped_mode_blames_the_option_not_the_scene(tmp_path):
+    scene = tmp_path / "scene.yaml"
+    scene.write_text('global: "a room"\nshots:\n  - prompt: "x"\n')
+    result = run("generate", "--checkpoint", str(tmp_path / "no-run"), "--scene", str(scene),
+                 "--out", str(tmp_path / "o"), "--mode", "joitn")
+    text = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 2 and "--mode 'joitn'" in text and "joint" in text, text
+    assert "invalid scene" not in text and "cannot load the checkpoint" not in text, text
