@@ -17,6 +17,7 @@ import numpy as np
 
 from dataprep.config import ClipConfig
 from dataprep.errors import FilmError
+from dataprep.media import centre_crop, cover_size
 
 
 @dataclass(frozen=True)
@@ -36,19 +37,6 @@ def output_indices(start: int, end: int, fps_in: float, fps_out: float) -> list[
     """Source frame index of each output frame when resampling [start, end) from fps_in to fps_out."""
     n_out = max(1, round((end - start) * fps_out / fps_in))
     return [min(end - 1, start + int(k * fps_in / fps_out)) for k in range(n_out)]
-
-
-def fit(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Centre-crop an (h, w, 3) image that already covers (height, width) down to exactly that size."""
-    h, w = rgb.shape[:2]
-    y, x = (h - height) // 2, (w - width) // 2
-    return rgb[y : y + height, x : x + width]
-
-
-def cover_size(src_w: int, src_h: int, width: int, height: int) -> tuple[int, int]:
-    """Smallest size with the source aspect ratio that covers (width, height)."""
-    scale = max(width / src_w, height / src_h)
-    return max(width, round(src_w * scale)), max(height, round(src_h * scale))
 
 
 class _Mp4Writer:
@@ -117,11 +105,11 @@ def extract_clips(
                 key_count = wanted_key[current].count(index)
                 if out_count or key_count:
                     if size is None:  # decoded size that covers the curated size once rotated
-                        shown = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
-                        w, h = cover_size(*shown, cfg.width, cfg.height)
-                        size = (h, w) if turns % 2 else (w, h)
-                    rgb = frame.to_ndarray(width=size[0], height=size[1], format="rgb24")
-                    rgb = fit(np.rot90(rgb, turns) if turns else rgb, cfg.width, cfg.height)
+                        shown = (frame.width, frame.height) if turns % 2 else (frame.height, frame.width)
+                        h, w = cover_size(shown, (cfg.height, cfg.width))       # (H, W) as shown
+                        size = (w, h) if turns % 2 else (h, w)                    # (H, W) as decoded
+                    rgb = frame.to_ndarray(width=size[1], height=size[0], format="rgb24")
+                    rgb = centre_crop(np.rot90(rgb, turns) if turns else rgb, (cfg.height, cfg.width))
                     writer = writer or _Mp4Writer(cfg)
                     for _ in range(out_count):
                         writer.add(rgb)

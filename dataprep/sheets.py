@@ -1,27 +1,26 @@
 """`lct inspect DIR`: what a curated dataset holds, and a contact sheet per scene.
 
 A contact sheet is one PNG per scene: the scene's global caption on top, then one row per
-shot with `keyframes` frames of its mp4 and its caption. Read with webdataset, the same
-way training reads the shards.
+shot with `keyframes` frames of its mp4 and its caption (the layout is dataprep.media.draw_sheet).
+Read with webdataset, the same way training reads the shards.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import textwrap
 from pathlib import Path
 
-import av
 import numpy as np
 import pyarrow.parquet as pq
 import webdataset as wds
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
+
+from dataprep.media import draw_sheet, even_indices, read_frames
 
 THUMB = 128
-CAPTION_W = 360
 SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")  # what a scene key may be, used as a file name
 
 
@@ -54,30 +53,8 @@ def failures(out_dir: Path) -> list[dict]:
 
 def mp4_frames(mp4: bytes, k: int) -> list[np.ndarray]:
     """k evenly spaced RGB frames of an in-memory mp4."""
-    with av.open(io.BytesIO(mp4)) as container:
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
-    picks = np.linspace(0, len(frames) - 1, k).round().astype(int) if frames else []
-    return [frames[i] for i in picks]
-
-
-def draw_sheet(title: str, rows: list[tuple[list[str], list[np.ndarray]]], k: int,
-               thumb: int = THUMB, resample: int | None = None) -> Image.Image:
-    """The contact-sheet layout: `title` wrapped on top, then one row per entry of `rows` =
-    (its text lines, its thumbnails: at most k frames, each resized to thumb x thumb)."""
-    font = ImageFont.load_default()
-    header = textwrap.wrap(title, 110)[:4]
-    top = 14 * len(header) + 8
-    sheet = Image.new("RGB", (k * thumb + CAPTION_W, top + max(1, len(rows)) * (thumb + 4)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for i, line in enumerate(header):
-        draw.text((4, 4 + 14 * i), line, fill="black", font=font)
-    for row, (lines, frames) in enumerate(rows):
-        y = top + row * (thumb + 4)
-        for j, frame in enumerate(frames[:k]):
-            sheet.paste(Image.fromarray(frame).resize((thumb, thumb), resample), (j * thumb, y))
-        for n, line in enumerate(lines):
-            draw.text((k * thumb + 6, y + 4 + 14 * n), line, fill="black", font=font)
-    return sheet
+    frames, _ = read_frames(mp4)
+    return [frames[i] for i in even_indices(len(frames), k)]
 
 
 def contact_sheet(sample: dict, k: int = 3) -> Image.Image:
@@ -88,7 +65,7 @@ def contact_sheet(sample: dict, k: int = 3) -> Image.Image:
         label = f"shot {row}  [{shot['start_s']:.2f}-{shot['end_s']:.2f}s]  ({shot['caption_source']})"
         lines = [label] + textwrap.wrap(shot["caption"] or "", 55)[:7]
         rows.append((lines, mp4_frames(sample[f"{row:03d}.mp4"], k)))
-    return draw_sheet(f"{sample['__key__']}  |  {meta['global_caption']}", rows, k)
+    return draw_sheet(f"{sample['__key__']}  |  {meta['global_caption']}", rows, k, thumb=THUMB)
 
 
 def write_sheets(out_dir: Path, max_sheets: int | None = None, progress=None) -> list[Path]:

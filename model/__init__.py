@@ -13,9 +13,10 @@ Nothing here imports Ray, DeepSpeed or Prefect (tests/model/test_lct.py enforces
 """
 
 from .config import PRESETS, LCTConfig
-from .export import load_export, save_export
+from .export import InferenceBundle, load_bundle, load_export, save_export, write_export
 from .latents import LatentCodecConfig, build_codec
 from .lct import LCT, Batch, KVCache, Scene, Shot, collate
+from .prompt import SHOT_CUT, encode_prompts, encode_scene, scene_prompts, shot_prompt
 from .rope import apply_rope, rope_frequencies, scene_position_ids
 from .sampling import SamplerConfig, sample, timesteps
 from .text import TextEncoder, TextEncoderConfig
@@ -25,4 +26,6 @@ __all__ = [
     "apply_rope", "rope_frequencies", "scene_position_ids",
     "TextEncoder", "TextEncoderConfig", "LatentCodecConfig", "build_codec",
     "SamplerConfig", "sample", "timesteps", "save_export", "load_export",
+    "InferenceBundle", "write_export", "load_bundle",
+    "SHOT_CUT", "shot_prompt", "scene_prompts", "encode_prompts", "encode_scene",
 ]

@@ -1,22 +1,37 @@
-"""Export and load an LCT: `model.safetensors` (weights) + `config.json` (the LCTConfig).
+"""The export bundle: what a trained LCT needs at inference, written as one folder and loaded back.
 
-Loading never unpickles: weights come from safetensors, the config from JSON, and the model
-is rebuilt from the config. Nothing else (optimizer, EMA, training config) lives here.
+    write_export(model, RUN / "export", text=..., codec=..., frames=8, fps=8.0, step=400)
+    bundle = load_bundle(RUN)              # a run dir (uses RUN/export) or an export dir
+    model = load_export(RUN / "export")    # the LCT alone
+
+An export dir holds three files:
+    model.safetensors   the weights
+    config.json         the LCTConfig
+    lct.json            the text encoder config, the latent codec config (its `size` is the frame
+                        size the model was trained at), frames per shot, fps, the training step, the run and
+                        the prompt-dropout rate it was trained with (`text_dropout`; > 0 turns
+                        classifier-free guidance on by default)
+Loading never unpickles: weights come from safetensors, the configs from JSON, and the model
+is rebuilt from its config. Nothing of training (optimizer, EMA, DeepSpeed) lives here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from .config import LCTConfig
+from .latents import LatentCodec, LatentCodecConfig, build_codec
 from .lct import LCT
+from .text import TextEncoder, TextEncoderConfig
 
-WEIGHTS, CONFIG = "model.safetensors", "config.json"
+WEIGHTS, CONFIG, INFO = "model.safetensors", "config.json", "lct.json"
 
 
 DIFFUSERS = "diffusers"   # a Wan export also holds diffusers/transformer/ (WanTransformer3DModel.from_pretrained)
@@ -93,3 +108,72 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> LC
         )
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
+
+
+# -- the bundle: weights + config.json + lct.json ------------------------------------------------
+@dataclass
+class InferenceBundle:
+    model: LCT
+    text: TextEncoder
+    codec: LatentCodec
+    frames: int                    # video frames per shot the model was trained on
+    size: tuple[int, int]          # (H, W) video frame size
+    fps: float
+    info: dict                     # the whole lct.json (step, run, configs)
+    path: Path                     # the export dir
+
+
+def write_export(
+    model: LCT, directory: str | Path, *, text: TextEncoderConfig, codec: LatentCodecConfig,
+    frames: int, fps: float, step: int, run: str = "", text_dropout: float = 0.0, flow_shift: float | None = None,
+) -> Path:
+    """save_export + lct.json; written to a temp dir and renamed so a reader never sees half of it."""
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)                # a Wan export holds a diffusers/ folder too
+    save_export(model, tmp)
+    if codec.size is None:
+        raise ValueError("write_export needs codec.size = (H, W), the frame size the model was trained at")
+    info = {
+        "text": dataclasses.asdict(text) | {"cache_dir": None},
+        "codec": dataclasses.asdict(codec),
+        "frames": frames, "fps": fps, "size": list(codec.size), "step": step, "run": run,
+        "text_dropout": text_dropout,     # > 0: the model learnt the null prompt, so CFG is on by default
+    }
+    if flow_shift is not None:            # the base model's sampling shift (Wan), the default of lct generate
+        info["flow_shift"] = flow_shift
+    (tmp / INFO).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    if directory.exists():
+        old = directory.with_name(directory.name + ".old")
+        directory.rename(old)
+        tmp.rename(directory)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(directory)
+    return directory
+
+
+def export_dir(path: str | Path) -> Path:
+    """A run dir (-> RUN/export) or an export dir itself, with a teaching error for anything else."""
+    path = Path(path)
+    for candidate in (path, path / "export"):
+        if (candidate / INFO).is_file() and (candidate / WEIGHTS).is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{path} is not an LCT run or export: expected {path}/export/{INFO} (a run of `lct train`) "
+        f"or {path}/{INFO} + {WEIGHTS} (an export dir)"
+    )
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> InferenceBundle:
+    """The model, its text encoder and codec, and what it was trained at, from a run or export dir."""
+    directory = export_dir(path)
+    info = json.loads((directory / INFO).read_text())
+    codec_cfg = dict(info["codec"])
+    if codec_cfg.get("size") is not None:
+        codec_cfg["size"] = tuple(codec_cfg["size"])
+    codec = build_codec(LatentCodecConfig(**codec_cfg))
+    text = TextEncoder(TextEncoderConfig(**info["text"])).to(device)
+    model = load_export(directory, device)
+    return InferenceBundle(model, text, codec, int(info["frames"]), tuple(info["size"]), float(info["fps"]), info, directory)

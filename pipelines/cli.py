@@ -319,10 +319,10 @@ def train(
 
 
 def _load_bundle(checkpoint: Path, device: str):
-    """training.inference.load_bundle; exits 2 on a missing checkpoint or an unavailable device."""
+    """model.export.load_bundle; exits 2 on a missing checkpoint or an unavailable device."""
     import torch
 
-    from training.inference import load_bundle
+    from model.export import load_bundle
 
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
         console.print(f"[red]error:[/red] --device must be cpu or cuda, got {device!r}")

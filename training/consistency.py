@@ -27,6 +27,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from dataprep.media import even_indices
+
 BINS = 4            # per channel: 4 x 4 x 4 = 64 colour bins
 GUARD = 0.5         # generated between-scene spread must be >= GUARD x the real scenes'
 KEYFRAMES = 3
@@ -34,7 +36,7 @@ KEYFRAMES = 3
 
 def keyframes(frames: np.ndarray, k: int = KEYFRAMES) -> np.ndarray:
     """(k, H, W, 3) evenly spaced frames of a shot (all of them when it has fewer)."""
-    return frames[np.linspace(0, len(frames) - 1, min(k, len(frames))).round().astype(int)]
+    return frames[even_indices(len(frames), min(k, len(frames)))]
 
 
 def descriptor(frames: np.ndarray) -> np.ndarray:

@@ -37,12 +37,11 @@ import pyarrow.parquet as pq
 import torch
 import webdataset as wds
 
-from model import Scene, Shot, TextEncoder
+from dataprep.media import ClipError, cover_crop, read_frames, window_indices
+from model import Scene, Shot, TextEncoder, encode_prompts, scene_prompts
 from model.latents import LatentCodec
 
 from .config import DataSection, RecipeSection
-from .inference import shot_prompt
-from .video import ClipError, fit, read_frames, window_indices
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +212,7 @@ def prepare(sample: dict, data: DataSection, recipe: RecipeSection, max_shots: i
         idx = window_indices(len(frames), src_fps, data.frames, data.fps, start)
         if rng.random() < recipe.image_prob:
             idx = [idx[int(rng.integers(len(idx)))]]              # an image shot (F = 1)
-        videos.append(np.stack([fit(frames[j], tuple(data.size)) for j in idx]))
+        videos.append(np.stack([cover_crop(frames[j], tuple(data.size)) for j in idx]))
         captions.append(shots[i].get("caption") or "")
     return Prepared(key, meta.get("global_caption") or "", captions, videos)
 
@@ -227,8 +226,7 @@ class TrainScene:
 
 def encode(prepared: Prepared, text: TextEncoder, codec: LatentCodec) -> TrainScene:
     latents = [codec.encode(torch.from_numpy(v)) for v in prepared.videos]   # (C, F', H', W') each
-    feats = text([prepared.global_caption] + [shot_prompt(c) for c in prepared.captions])
-    rows = [feats.tokens[i, feats.mask[i]].cpu() for i in range(len(latents) + 1)]
+    rows = [r.cpu() for r in encode_prompts(text, scene_prompts(prepared.global_caption, prepared.captions))]
     return TrainScene(prepared.key, Scene(global_text=rows[0], shots=[Shot(r, z) for r, z in zip(rows[1:], latents)]))
 
 

@@ -14,7 +14,6 @@ from PIL import Image
 
 from .data import heldout_keys
 from .evaluate import load_scenes
-from .video import read_frames
 
 MAX_SHOTS = 4
 

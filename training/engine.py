@@ -38,10 +38,9 @@ from deepspeed.utils.tensor_fragment import fragment_address
 from safetensors.torch import load_file, save_file
 
 from model import LCT
-from model.export import config_to_dict
+from model.export import config_to_dict, export_dir, write_export
 
 from .config import TrainConfig, deepspeed_config
-from .inference import export_dir, write_export
 
 log = logging.getLogger(__name__)
 

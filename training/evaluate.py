@@ -42,16 +42,16 @@ import torch
 import webdataset as wds
 
 from dataprep.config import EmbedConfig
+from dataprep.media import decode_clip, even_indices
 from dataprep.embed import ClipEmbedder
 from dataprep.scenes import colour_histogram, histogram_similarity
 from training.data import heldout_keys, shard_paths
+from model.export import InferenceBundle
 from training.generate import Plan, SceneSpec, ShotSpec, default_cfg, generate, plan_scene
-from training.inference import InferenceBundle
 from training.consistency import (
     attribute, attribute_error, between_distance, bootstrap, consistency, descriptor, guard, resampled,
 )
 from training.probe import PROBE_T, probe_losses
-from training.video import decode_clip
 
 MODES = ("joint", "autoregressive", "conditioned", "independent")
 ROWS = ("real",) + MODES
@@ -102,7 +102,7 @@ def frame_diff(frames: np.ndarray) -> float:
 
 def keyframes(frames: np.ndarray, k: int = KEYFRAMES) -> np.ndarray:
     """(k, H, W, 3) evenly spaced frames of a shot."""
-    return frames[np.linspace(0, len(frames) - 1, min(k, len(frames))).round().astype(int)]
+    return frames[even_indices(len(frames), min(k, len(frames)))]
 
 
 class Scorer:

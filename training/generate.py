@@ -1,6 +1,6 @@
 """`lct generate`: a scene file + a trained LCT -> shot videos, the cut film, a contact sheet, a record.
 
-    bundle = load_bundle(RUN)                         # training/inference.py
+    bundle = load_bundle(RUN)                         # model/export.py
     spec = load_scene("scene.yaml")                   # validated; paths relative to the YAML
     plan = plan_scene(spec, bundle, mode="autoregressive")   # SceneError on anything it cannot do
     result = generate(bundle, plan, on_step=...)
@@ -63,11 +63,11 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
 from dataprep.config import key_hints
-from model import SamplerConfig, Scene, Shot, sample
+from dataprep.media import ClipError, cover_crop, decode_clip, encode_mp4, frames_sheet
+from model import SamplerConfig, Scene, Shot, encode_prompts, encode_scene, sample, shot_prompt
+from model.export import InferenceBundle
 from model.sampling import sample_shots
 from training.history import prompt_features, relevant_history
-from training.inference import InferenceBundle, encode_scene, shot_prompt
-from training.video import ClipError, decode_clip, encode_mp4, fit, frames_sheet
 
 MODES = ("joint", "conditioned", "autoregressive", "extend")
 OnStep = Callable[[str, int, int], None]    # (what is being denoised, steps done, steps)
@@ -275,7 +275,7 @@ def load_condition_frames(cond: ConditionSpec, frames: int, fps: float, size: tu
                 rgb = np.asarray(img.convert("RGB"))
         except (UnidentifiedImageError, OSError) as e:
             raise SceneError(f"condition image {cond.image} cannot be read: {e}") from e
-        return np.repeat(fit(rgb, size)[None], frames, axis=0)
+        return np.repeat(cover_crop(rgb, size)[None], frames, axis=0)
     try:
         return decode_clip(Path(cond.clip).read_bytes(), frames, fps, size)
     except ClipError as e:
@@ -307,8 +307,7 @@ def _scene(bundle: InferenceBundle, plan: Plan) -> tuple[Scene, list[str]]:
     if plan.mode != "extend":
         return encode_scene(text, spec.global_, captions, placeholders), [shot_prompt(c) for c in captions]
     prompts = [c.strip() for c in captions]                                # segments: no "[SHOT CUT]"
-    feats = text([spec.global_] + prompts)
-    rows = [feats.tokens[i, feats.mask[i]] for i in range(len(prompts) + 1)]   # (T_i, Dt) real tokens
+    rows = encode_prompts(text, [spec.global_] + prompts)                     # (T_i, Dt) real tokens
     return Scene(rows[0], [Shot(r, z) for r, z in zip(rows[1:], placeholders)]), prompts
 
 

@@ -22,15 +22,13 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from model.prompt import plain_prompt
 from model.text import TextEncoder
-
-SHOT_CUT = "[SHOT CUT]"
 
 
 def prompt_features(text: TextEncoder, prompts: list[str]) -> Tensor:
     """(N, Dt) pooled text features of the prompts, "[SHOT CUT]" stripped (it is shared by all)."""
-    plain = [p.strip().removeprefix(SHOT_CUT).strip() for p in prompts]
-    return text(plain).pooled.float().cpu()
+    return text([plain_prompt(p) for p in prompts]).pooled.float().cpu()
 
 
 def recent_history(k: int, cap: int) -> list[int]:

@@ -64,7 +64,7 @@ def check(cfg: TrainConfig, run_dir: Path) -> None:
     if scenes is not None and cfg.data.holdout >= scenes:
         raise TrainUsageError(f"data.holdout={cfg.data.holdout} holds out every one of the {scenes} scenes")
     if cfg.model.init_from:
-        from .inference import export_dir
+        from model.export import export_dir
 
         try:
             export_dir(cfg.model.init_from)

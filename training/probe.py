@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from model import collate
+from model import collate, encode_scene
+from model.export import InferenceBundle
 
-from .inference import InferenceBundle, encode_scene
 from .objective import model_timesteps
 
 PROBE_T = 0.9

@@ -13,13 +13,12 @@ import torch
 import webdataset as wds
 from safetensors.torch import save_file
 
-from model import SamplerConfig, TextEncoder, sample
+from dataprep.media import encode_mp4, frames_sheet
+from model import SamplerConfig, TextEncoder, encode_scene, sample
 from model.latents import LatentCodec
 
 from .config import DataSection, RecipeSection
 from .data import Prepared, _tar_samples, heldout_keys, prepare, shard_paths
-from .inference import encode_scene
-from .video import encode_mp4, frames_sheet
 
 PLAIN = RecipeSection(image_prob=0.0, single_shot_prob=0.0, text_dropout=0.0)
 

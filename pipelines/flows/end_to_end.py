@@ -120,7 +120,7 @@ def write_demo_scene(dataset: str, directory: str, heldout: int, steps: int) -> 
 @task(name="generate-scene")
 def generate_scene(checkpoint: str, scene_file: str, out: str, mode: str) -> dict:
     from training.generate import generate, load_scene, plan_scene, write_outputs
-    from training.inference import load_bundle
+    from model.export import load_bundle
 
     record = Path(out) / "generation.json"
     if record.is_file():
@@ -134,7 +134,7 @@ def generate_scene(checkpoint: str, scene_file: str, out: str, mode: str) -> dic
 @task(name="evaluate-checkpoint")
 def evaluate_checkpoint(checkpoint: str, dataset: str, out: str, scenes: int, steps: int) -> dict:
     from training.evaluate import evaluate
-    from training.inference import load_bundle
+    from model.export import load_bundle
 
     result = Path(out) / "eval.json"
     if result.is_file():

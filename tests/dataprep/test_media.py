@@ -8,8 +8,8 @@ import numpy as np
 
 from dataprep.config import ClipConfig
 from dataprep.keyframes import _Mp4Writer
+from dataprep.media import frames_sheet
 from dataprep.sheets import contact_sheet
-from training.video import frames_sheet
 
 
 def _frames(seed: int, n: int, h: int = 48, w: int = 64) -> np.ndarray:

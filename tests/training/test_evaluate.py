@@ -96,7 +96,7 @@ def test_cli_eval_of_a_non_dataset_exits_2(tmp_path):
 @pytest.mark.slow
 def test_eval_criteria_and_intervals(curated, tmp_path):
     from training.evaluate import evaluate
-    from training.inference import load_bundle
+    from model.export import load_bundle
 
     bundle = load_bundle(make_checkpoint(tmp_path / "run"))
     sync = load_bundle(make_checkpoint(tmp_path / "sync", seed=1))

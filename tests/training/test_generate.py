@@ -12,13 +12,13 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from dataprep.media import decode_clip, encode_mp4
 from model import LCT, PRESETS, LatentCodecConfig, SamplerConfig, Scene, Shot, TextEncoderConfig, build_codec, sample
+from model.export import load_bundle, write_export
 from model.sampling import sample_shots
 from pipelines.cli import app
 from training.generate import DEFAULT_CFG, SceneError, generate, load_scene, plan_scene, write_outputs
 from training.history import prompt_features, recent_history, relevant_history
-from training.inference import load_bundle, write_export
-from training.video import decode_clip, encode_mp4
 
 SIZE, FRAMES = (16, 16), 4
 

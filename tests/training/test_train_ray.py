@@ -18,9 +18,9 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from model import LCT
+from model.export import load_bundle
 from pipelines.cli import app
 from training.config import TrainConfig
-from training.inference import load_bundle
 from training.launch import launch
 from training.metrics import read_metrics
 from training.samples import validation_scene, write_samples

@@ -68,7 +68,7 @@ def test_tiny_wan_end_to_end(curated, wan_dir, tmp_path):
     """curate (fixture) -> lct train --pretrained (4 steps, 2 Ray workers, ZeRO-3) -> generate -> eval."""
     from diffusers import WanTransformer3DModel
 
-    from training.inference import load_bundle
+    from model.export import load_bundle
     from training.metrics import read_metrics
 
     runner = CliRunner()
