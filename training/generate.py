@@ -188,6 +188,41 @@ class Plan:
     references: int = 0                         # the first `references` shots are reference-only
 
 
+def estimate_bytes(shapes: list[tuple[int, ...]], frames: list[int], bundle: InferenceBundle, mode: str) -> int:
+    """Rough peak bytes of generating these shots (fp32): attention scores (heads x L x L, the masked
+    path materialises them) + activations (~16 D per token) twice for CFG, plus the decoded frames.
+    Autoregressive / extend see at most max_shots shots at once."""
+    cfg = bundle.model.cfg
+    p_t, p_h, p_w = cfg.patch
+    tokens = sorted((s[1] // p_t) * (s[2] // p_h) * (s[3] // p_w) + 77 for s in shapes)
+    window = tokens if mode in ("joint", "conditioned") else tokens[-cfg.max_shots:]
+    L = sum(window) + 77
+    H, W = bundle.size
+    return 4 * (2 * (cfg.heads * L * L + 16 * cfg.width * L) + 3 * H * W * sum(frames))
+
+
+def available_bytes(device) -> int:
+    """Free memory of the device the model is on (CUDA: torch.cuda.mem_get_info, CPU: psutil)."""
+    if torch.device(device).type == "cuda":
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_memory(shapes, frames, bundle: InferenceBundle, mode: str) -> None:
+    """Refuse (SceneError: exit 2) a scene whose generation would need more memory than the device has free."""
+    need = estimate_bytes(shapes, frames, bundle, mode)
+    device = next(bundle.model.parameters()).device
+    have = available_bytes(device)
+    if need > have:
+        raise SceneError(
+            f"generating {len(shapes)} shots of frames {frames} at {bundle.size[0]}x{bundle.size[1]} in --mode {mode} "
+            f"needs about {need / 2**30:.1f} GiB but {device} has {have / 2**30:.1f} GiB free; use fewer or shorter "
+            f"shots (the checkpoint was trained with frames={bundle.frames}) or --mode autoregressive"
+        )
+
+
 def default_mode(spec: SceneSpec) -> str:
     """conditioned when the scene has a condition or a reference, else joint."""
     return "conditioned" if spec.references or any(s.condition for s in spec.shots) else "joint"
@@ -259,6 +294,7 @@ def plan_scene(
         shapes.append(shape)
         frames.append(f)
 
+    check_memory(shapes, frames, bundle, mode)
     given = {i: condition_latent(c, bundle, frames[i], shapes[i], i) for i, c in conds.items()}
     t_c = next(iter(conds.values())).t if mode == "conditioned" else spec.t_c
     cfg_scale = spec.cfg if spec.cfg is not None else default_cfg(bundle)

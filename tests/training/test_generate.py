@@ -262,3 +262,14 @@ def test_cli_bad_scene_exits_2_naming_the_problem(run_dir, tmp_path):
 def test_commands_have_help(command):
     result = CliRunner().invoke(app, [command, "--help"])
     assert result.exit_code == 0 and "--checkpoint" in result.output
+
+
+def test_cli_refuses_an_absurd_allocation_with_the_figure(run_dir, tmp_path):
+    """frames: 200000 would need terabytes of attention scores: refused (exit 2) before anything is allocated."""
+    scene = write_scene(tmp_path, [{"prompt": "x", "frames": 200000}])
+    result = CliRunner().invoke(app, ["generate", "--checkpoint", str(run_dir), "--scene", str(scene),
+                                      "--out", str(tmp_path / "out")])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, result.output
+    assert "GiB" in said and "needs about" in said and "free" in said, said
+    assert not (tmp_path / "out").exists()
