@@ -11,6 +11,11 @@ the characters move, so consecutive frames change little. Hence, by construction
 Everything is drawn from `numpy.random.default_rng([cfg.seed, film_index])`: the same seed gives
 the same truth and the same decoded pixels (x264 runs single-threaded).
 
+Hidden attributes (`captions="hidden"`, what `lct demo` uses): the same pixels, but no caption
+names a colour, shape, pattern, palette or texture: characters are named by ID, shots by framing
+and action only. The appearance of every scene (drawn at random per scene) is in the truth JSON's
+`scenes[i].hidden`, so only cross-shot attention can keep it consistent across a scene's shots.
+
 Hard cases (`hard_cases=True`, a few films per set): gradual transitions between scenes (fade
 through black or dissolve, 8-15 frames) and flashes (1-2 bright frames inside a shot, not a cut).
 The boundary of a gradual transition spanning frames [a, b) is its midpoint m = a + (b - a) // 2:
@@ -49,7 +54,7 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import av
 import numpy as np
@@ -109,6 +114,10 @@ class SynthConfig(BaseModel):
         True, description="Odd films get fades/dissolves between scenes; films 2, 5, 8... get a flash."
     )
     crf: int = Field(18, ge=0, le=51, description="x264 constant rate factor.")
+    captions: Literal["full", "hidden"] = Field(
+        "full", description="full: captions name every attribute of a scene (palette, texture, character colour, "
+        "shape, pattern); hidden: appearance is never written in a caption (characters by ID, framing and "
+        "action only), it is in the truth JSON's `hidden` (the test bed of cross-shot consistency).")
 
     @model_validator(mode="after")
     def _check(self) -> "SynthConfig":
@@ -191,6 +200,7 @@ class FilmSpec:
     shots: list[Shot]
     flashes: list[int]
     transitions: list[dict]  # {"kind", "start_frame", "end_frame"}
+    captions: str = "full"  # SynthConfig.captions
 
     @property
     def n_frames(self) -> int:
@@ -198,6 +208,13 @@ class FilmSpec:
 
 
 def plan_film(seed: int, index: int, cfg: SynthConfig) -> FilmSpec:
+    """Draw film `index` of the set (see _plan); cfg.captions does not change the pixels."""
+    spec = _plan(seed, index, cfg)
+    spec.captions = cfg.captions
+    return spec
+
+
+def _plan(seed: int, index: int, cfg: SynthConfig) -> FilmSpec:
     """Draw film `index` of the set: scenes, shots, motion, hard cases. Pure and deterministic."""
     rng = np.random.default_rng([seed, index])
     fps = Fraction(cfg.fps[index % len(cfg.fps)])
@@ -435,13 +452,26 @@ def truth_of(spec: FilmSpec) -> dict:
                "environment": sc.environment.describe(),
                "characters": [{"id": c.id, "description": c.describe()} for c in sc.characters]}
               for sc in spec.scenes]
+    hidden = [{"palette": PALETTES[sc.environment.palette][0], "colours": [list(c) for c in PALETTES[sc.environment.palette][1:]],
+               "texture": sc.environment.texture,
+               "characters": [{"id": c.id, "shape": c.shape, "colour": c.colour, "rgb": list(COLOURS[c.colour]),
+                               "pattern": c.pattern} for c in sc.characters]}
+              for sc in spec.scenes]
+    for scene, h in zip(scenes, hidden):
+        scene["hidden"] = h                      # appearance; absent from the captions when captions="hidden"
     return {"version": 1, "seed": spec.seed, "fps": str(spec.fps), "width": spec.width, "height": spec.height,
-            "n_frames": spec.n_frames, "shots": shots, "scenes": scenes, "flashes": spec.flashes,
-            "transitions": spec.transitions}
+            "n_frames": spec.n_frames, "captions": spec.captions, "shots": shots, "scenes": scenes,
+            "flashes": spec.flashes, "transitions": spec.transitions}
 
 
 def captions_of(spec: FilmSpec) -> dict:
-    """The sidecar captions: a two-tier LCT caption per scene, one caption per shot."""
+    """The sidecar captions: a two-tier LCT caption per scene, one caption per shot.
+
+    captions="hidden": no colour, shape, pattern, palette or texture in any caption; characters
+    are named by ID, shots by framing and action ("moves"), the environment only as "a room".
+    """
+    if spec.captions == "hidden":
+        return _hidden_captions(spec)
     sec = lambda frame: round(frame / float(spec.fps), 6)
     scenes, shots = [], []
     for sc in spec.scenes:
@@ -455,6 +485,25 @@ def captions_of(spec: FilmSpec) -> dict:
     for sh in spec.shots:
         shapes = {c.id: c.shape for c in spec.scenes[sh.scene_index].characters}
         acts = [f"Character {i} {SHAPES[shapes[i]]} {_direction(sh.motion[i][1])}" for i in sh.characters]
+        text = f"{FRAMING_TEXT[sh.framing]}" + (f". {'; '.join(acts)}." if acts else " of the empty room.")
+        shots.append({"start_s": sec(sh.start_frame), "end_s": sec(sh.end_frame),
+                      "caption": f"{text} The camera pans {_direction(sh.pan).removeprefix('to the ')}."})
+    return {"version": 1, "scenes": scenes, "shots": shots}
+
+
+def _hidden_captions(spec: FilmSpec) -> dict:
+    sec = lambda frame: round(frame / float(spec.fps), 6)
+    scenes, shots = [], []
+    for sc in spec.scenes:
+        first, last = spec.shots[sc.shot_indices[0]], spec.shots[sc.shot_indices[-1]]
+        cast = " ".join(f"Character {c.id}." for c in sc.characters)
+        names = " and ".join(", ".join(f"Character {c.id}" for c in sc.characters).rsplit(", ", 1))
+        verb = "moves" if len(sc.characters) == 1 else "move"
+        scenes.append({"start_s": sec(first.start_frame), "end_s": sec(last.end_frame),
+                       "global_caption": f"[Character] {cast} [Environment] a room. [Story] {names} {verb} around the room, "
+                                         "seen from near and far."})
+    for sh in spec.shots:
+        acts = [f"Character {i} moves {_direction(sh.motion[i][1])}" for i in sh.characters]
         text = f"{FRAMING_TEXT[sh.framing]}" + (f". {'; '.join(acts)}." if acts else " of the empty room.")
         shots.append({"start_s": sec(sh.start_frame), "end_s": sec(sh.end_frame),
                       "caption": f"{text} The camera pans {_direction(sh.pan).removeprefix('to the ')}."})

@@ -81,11 +81,13 @@ def synth(
     films: Optional[int] = typer.Option(None, "--films", help="Number of films (default from config: 6)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed; same seed, same films."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with SynthConfig fields."),
+    hidden: Optional[bool] = typer.Option(None, "--hidden/--full", help="hidden: appearance never in captions (IDs, framing, action only; in the truth JSON); full: captions name everything (default)."),
 ):
     """Make synthetic films with ground truth (shots, scenes) and sidecar captions."""
     from dataprep.synthetic import SynthConfig, make_films
 
-    cfg = _load_config(SynthConfig, config, {"n_films": films, "seed": seed})
+    cfg = _load_config(SynthConfig, config, {"n_films": films, "seed": seed,
+                                             "captions": None if hidden is None else ("hidden" if hidden else "full")})
     with _progress() as bar:
         task = bar.add_task("synthesizing films", total=cfg.n_films, note="")
         paths = make_films(cfg, out, progress=lambda done, total: bar.update(task, completed=done))

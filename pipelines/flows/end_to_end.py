@@ -105,7 +105,7 @@ def synthesize_films(directory: str, films: int) -> str:
 
     path = Path(directory)
     if len(list(path.glob("*.mp4"))) < films:
-        make_films(SynthConfig(n_films=films, seed=0), path)
+        make_films(SynthConfig(n_films=films, seed=0, captions="hidden"), path)   # appearance only in the pixels
     return directory
 
 

@@ -172,3 +172,29 @@ def test_config_errors_teach():
         SynthConfig(n_film=3)
     with pytest.raises(FileNotFoundError, match="lct synth"):
         load_truth(Path("/nonexistent/film.mp4"))
+
+
+def test_hidden_captions_never_name_the_appearance_but_the_truth_does(tmp_path):
+    from dataprep.synthetic import COLOURS, PALETTES, PATTERNS, SHAPES, TEXTURES, captions_of, draw_shot_frame, plan_film, truth_of
+
+    full_cfg = SynthConfig(n_films=3, hard_cases=False)
+    cfg = SynthConfig(n_films=3, hard_cases=False, captions="hidden")
+    words = set(COLOURS) | set(SHAPES) | set(SHAPES.values()) | {p for p in PATTERNS if p != "plain"} | set(TEXTURES)
+    words |= {w for name, *_ in PALETTES for w in name.split()[1:]} - {"room"}   # "a room" is what hidden says
+    palettes = set()
+    for i in range(cfg.n_films):
+        spec, full = plan_film(cfg.seed, i, cfg), plan_film(cfg.seed, i, full_cfg)
+        caps = captions_of(spec)
+        text = " ".join([s["global_caption"] for s in caps["scenes"]] + [s["caption"] for s in caps["shots"]]).lower()
+        leaked = sorted(w for w in words if w in text.replace(",", " ").replace(".", " ").split())
+        assert not leaked, (leaked, text[:300])
+        assert "character 1" in text
+        assert np.array_equal(draw_shot_frame(spec, spec.shots[0], 0.5), draw_shot_frame(full, full.shots[0], 0.5))
+        truth = truth_of(spec)
+        assert truth["captions"] == "hidden"
+        for scene in truth["scenes"]:
+            h = scene["hidden"]
+            assert h["palette"] and h["texture"] in TEXTURES and h["characters"][0]["colour"] in COLOURS
+            palettes.add(h["palette"])
+        assert any(c in " ".join(s["global_caption"] for s in captions_of(full)["scenes"]) for c in COLOURS)
+    assert len(palettes) >= 3                                   # appearance drawn per scene
