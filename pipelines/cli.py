@@ -1,6 +1,6 @@
-"""The `lct` command line. Orchestration only: every command calls into dataprep/ (and,
-in later issues, training/ and pipelines/flows). Exit codes: 0 ok, 1 the job failed,
-2 bad usage or configuration (nothing was done).
+"""The `lct` command line. Orchestration only: every command calls into dataprep/, training/,
+model/ or pipelines/flows/ (curate, inspect, synth, train, generate, eval, demo, flows serve).
+Exit codes: 0 ok, 1 the job failed, 2 bad usage or configuration (nothing was done).
 """
 
 from __future__ import annotations

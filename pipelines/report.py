@@ -101,7 +101,7 @@ def generation_section(root: Path, generations: dict) -> list[str]:
              "conditioned mode also gets its first frame as a clean condition.", ""]
     for mode, record in generations.items():
         out = root / "generate" / mode
-        seconds = record.get("seconds") or record.get("timings", {}).get("total_s")
+        seconds = record.get("seconds")
         timing = f", {seconds:.2f} s" if isinstance(seconds, (int, float)) else ""
         lines += [f"### {mode}{timing}", "", _image(out / "sheet.png", root, f"{mode} contact sheet"),
                   f"Film with cuts: `{_rel(out / 'scene.mp4', root)}`", ""]

@@ -1,7 +1,7 @@
 """Training scenes from the WebDataset shards of `lct curate`: deterministic, resumable, counted.
 
     stream = SceneStream(dataset_dir, rank, world, seed, holdout=2)     # raw samples, endless
-    loader = SceneLoader(stream, cfg, text_encoder, codec)              # model-ready scenes
+    loader = SceneLoader(stream, data, recipe, max_shots, seed, text, codec)   # model-ready scenes
     scene = loader.next()                                               # TrainScene, in stream order
     loader.position                                                     # {"epoch", "index"}: resume point
 

@@ -3,7 +3,7 @@ dataprep/ or training/, and the logic a task runs is a plain function importable
 
     ingest      pipelines/flows/ingest.py      films -> curated WebDataset scene shards (scheduled)
     train       pipelines/flows/train.py       curated data -> LCT checkpoint (on demand)
-    end_to_end  pipelines/flows/end_to_end.py  ingest then train (on demand)
+    end_to_end  pipelines/flows/end_to_end.py  synth -> ingest -> train -> generate -> eval -> report (`lct demo`)
 
 `pipelines/flows/common.py` has what more than one flow needs (the Ray Jobs API client).
 `pipelines/serve.py` turns the flows into deployments with schedules (`lct flows serve`);
