@@ -19,11 +19,32 @@ from model import Batch, LCTConfig
 GPU_PEAK_BF16 = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
 
 
+def attended_pairs(batch: Batch, attention: str) -> int:
+    """(query, key) pairs the attention computes, summed over the batch: real tokens only.
+
+    bidirectional: n_real^2 per scene; context_causal: a token of group g sees groups 0..g, so
+    sum_g n_g * (n_0 + ... + n_g). Masked-out pairs are not model FLOPs (a block kernel skips them).
+    """
+    group = torch.cat([batch.txt_group, batch.vid_group], dim=1)  # (B, L), -1 = padding
+    total = 0
+    for row in group:
+        counts = torch.bincount(row[row >= 0]).long()             # (G,) tokens per group
+        if attention == "context_causal":
+            total += int((counts * counts.cumsum(0)).sum())
+        else:
+            total += int(counts.sum()) ** 2
+    return total
+
+
 def train_step_flops(cfg: LCTConfig, batch: Batch) -> int:
-    """Analytic FLOPs of forward + backward: 2 x MACs of every matmul, backward = 2 x forward."""
+    """Analytic FLOPs of forward + backward: 2 x MACs of every matmul, backward = 2 x forward.
+
+    Attention counts only the pairs the mask allows (`attended_pairs`): counting context-causal
+    attention as dense read MFU above 100% once the block kernel skipped the masked blocks.
+    """
     B, Lt, Lv = batch.txt.shape[0], batch.txt.shape[1], batch.vid.shape[1]
     G = batch.pooled.shape[1]                                    # 1 + S groups per scene
-    D, hidden, L = cfg.width, int(cfg.width * cfg.mlp_ratio), Lt + Lv
+    D, hidden = cfg.width, int(cfg.width * cfg.mlp_ratio)
     macs = Lt * cfg.text_dim * D + Lv * cfg.patch_dim * D        # txt_in, vid_in
     macs += (G - 1) * (256 * D + D * D) + G * (cfg.text_dim * D + D * D)  # t and pooled-text MLPs
     for i in range(cfg.depth):
@@ -31,9 +52,11 @@ def train_step_flops(cfg: LCTConfig, batch: Batch) -> int:
             macs += G * D * (2 if pre_only else 6) * D + n * D * 3 * D   # adaLN, QKV
             if not pre_only:
                 macs += n * D * D + 2 * n * D * hidden           # out proj, MLP
-        macs += 2 * L * L * D                                    # QK^T and AV, all heads
     macs += G * D * 2 * D + Lv * D * cfg.patch_dim               # final adaLN + linear
-    return 3 * 2 * B * macs
+    # a shape-only batch (planning figures, SCALING.md) has no groups: every token real, dense
+    pairs = attended_pairs(batch, cfg.attention) if hasattr(batch, "txt_group") else B * (Lt + Lv) ** 2
+    attention = cfg.depth * 2 * pairs * D                        # QK^T and AV, all heads
+    return 3 * 2 * (B * macs + attention)
 
 
 def matmul_peak(device: str, n: int = 1024, repeats: int = 4) -> float | None:
