@@ -278,6 +278,8 @@ def train(
     from training.config import TrainConfig
     from training.launch import TrainUsageError, check, launch, prepare_run
 
+    # Ray workers run in other folders: every user path becomes absolute here, at the boundary
+    out, data, init_from = out.resolve(), data.resolve() if data else None, init_from.resolve() if init_from else None
     if config is None and (out / "config.yaml").is_file():
         config = out / "config.yaml"            # resuming: the run's own config, flags override it
     cfg = _load_config(TrainConfig, config, {

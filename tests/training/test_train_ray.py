@@ -218,3 +218,12 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_cli_train_resolves_relative_paths(curated, tmp_path, monkeypatch):
+    """`lct train --data REL --out REL` from another folder: the run records absolute paths (Ray workers run elsewhere)."""
+    monkeypatch.chdir(curated.parent)
+    result = CliRunner().invoke(app, ["train", "--data", curated.name, "--out", "run-rel", "--preset", "lct-debug", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    saved = __import__("yaml").safe_load((curated.parent / "run-rel" / "config.yaml").read_text())
+    assert saved["data"]["dataset"] == str(curated.resolve())
