@@ -107,6 +107,16 @@ def read_parts(out_dir: Path) -> list[tuple[int, pa.Table, pa.Table, dict | None
     return parts
 
 
+def ok_films(out_dir: Path) -> dict[str, str]:
+    """uri -> film_id of the films `ok` in the committed parts (the latest part wins). Read only:
+    what a resumed run skips (dataprep/run.py) and what the ingest flow reports as done."""
+    status: dict[str, tuple[str, str]] = {}
+    for films_path in sorted(parts_dir(out_dir).glob("*.films.parquet")):
+        for row in pq.read_table(films_path, columns=["uri", "film_id", "status"]).to_pylist():
+            status[row["uri"]] = (row["status"], row["film_id"])
+    return {uri: fid for uri, (st, fid) in status.items() if st == "ok"}
+
+
 def drop_part(out_dir: Path, seq: int) -> None:
     """Remove an uncommitted part (its shard never became visible)."""
     directory = parts_dir(out_dir)

@@ -188,15 +188,6 @@ def _previous_embed_info(out_dir: Path) -> dict:
     return json.loads(path.read_text()).get("embed", {}) if path.exists() else {}
 
 
-def _done_uris(out_dir: Path) -> dict[str, str]:
-    """uri -> film_id of films already `ok` in the dataset (the latest part wins)."""
-    status: dict[str, tuple[str, str]] = {}
-    for _seq, films, _shots, _shard in manifest.read_parts(out_dir):
-        for row in films.select(["uri", "film_id", "status"]).to_pylist():
-            status[row["uri"]] = (row["status"], row["film_id"])
-    return {uri: fid for uri, (st, fid) in status.items() if st == "ok"}
-
-
 @writes_to("out_dir", "lct curate")  # one writer per DIR (DIR/lct.lock): a second one gets OutputBusy
 def curate(
     inputs: list[str],
@@ -212,7 +203,7 @@ def curate(
     uris = list_films(inputs, cfg.extensions)
     out_dir.mkdir(parents=True, exist_ok=True)
     recover(out_dir)
-    done = _done_uris(out_dir)
+    done = manifest.ok_films(out_dir)
     todo = [u for u in uris if u not in done]
     skipped_done = len(uris) - len(todo)
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dataprep.film import FilmResult
-from dataprep.shards import FilmEntry, encode_sample, npy_bytes
+from dataprep.dataset import encode_sample, npy_bytes
+from dataprep.shards import FilmEntry
 
 
 @dataclass(frozen=True)

@@ -13,28 +13,18 @@ films in the same order give byte-identical shards.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import webdataset as wds
 
 from dataprep import manifest
 from dataprep.config import ShardConfig
+from dataprep.dataset import sha256_file
 
 SHARD_PATTERN = "scenes-{:06d}.tar"
 FIXED_MTIME = 0.0
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def sample_bytes(sample: dict) -> int:
@@ -134,16 +124,3 @@ class SceneShardWriter:
         self.next_shard += 1
         self.films, self.count, self.size = [], 0, 0
 
-
-def encode_sample(key: str, meta: bytes, mp4s: list[bytes], clip_npy: bytes) -> dict:
-    """A scene sample exactly as DESIGN.md lays it out."""
-    sample = {"__key__": key, "json": meta, "clip.npy": clip_npy}
-    for i, mp4 in enumerate(mp4s):
-        sample[f"{i:03d}.mp4"] = mp4
-    return sample
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()

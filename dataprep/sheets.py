@@ -2,22 +2,20 @@
 
 A contact sheet is one PNG per scene: the scene's global caption on top, then one row per
 shot with `keyframes` frames of its mp4 and its caption (the layout is dataprep.media.draw_sheet).
-Read with webdataset, the same way training reads the shards.
+Samples are read by dataprep/dataset.py, the same reader training and eval use.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import textwrap
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
-import webdataset as wds
 from PIL import Image
 
+from dataprep.dataset import SceneSample, list_shards, raw_samples
 from dataprep.media import draw_sheet, even_indices, read_frames
 
 THUMB = 128
@@ -39,33 +37,21 @@ def safe_filename(name: str) -> str:
     return f"{cleaned}-{digest}" if cleaned else f"key-{digest}"
 
 
-def load_summary(out_dir: Path) -> dict:
-    path = Path(out_dir) / "dataset.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{out_dir} is not a curated dataset: {path} is missing (run `lct curate` first)")
-    return json.loads(path.read_text())
-
-
-def failures(out_dir: Path) -> list[dict]:
-    films = pq.read_table(Path(out_dir) / "manifest" / "films.parquet")
-    return [r for r in films.to_pylist() if r["status"] != "ok"]
-
-
 def mp4_frames(mp4: bytes, k: int) -> list[np.ndarray]:
     """k evenly spaced RGB frames of an in-memory mp4."""
     frames, _ = read_frames(mp4)
     return [frames[i] for i in even_indices(len(frames), k)]
 
 
-def contact_sheet(sample: dict, k: int = 3) -> Image.Image:
+def contact_sheet(sample: dict | SceneSample, k: int = 3) -> Image.Image:
     """One row per shot: k thumbnails + the caption; the global caption on top."""
-    meta = json.loads(sample["json"])
+    scene = sample if isinstance(sample, SceneSample) else SceneSample.parse(sample)
     rows = []
-    for row, shot in enumerate(meta["shots"]):
+    for row, shot in enumerate(scene.meta["shots"]):
         label = f"shot {row}  [{shot['start_s']:.2f}-{shot['end_s']:.2f}s]  ({shot['caption_source']})"
         lines = [label] + textwrap.wrap(shot["caption"] or "", 55)[:7]
-        rows.append((lines, mp4_frames(sample[f"{row:03d}.mp4"], k)))
-    return draw_sheet(f"{sample['__key__']}  |  {meta['global_caption']}", rows, k, thumb=THUMB)
+        rows.append((lines, mp4_frames(scene.mp4(row), k)))
+    return draw_sheet(f"{scene.key}  |  {scene.meta['global_caption']}", rows, k, thumb=THUMB)
 
 
 def write_sheets(out_dir: Path, max_sheets: int | None = None, progress=None) -> list[Path]:
@@ -75,19 +61,20 @@ def write_sheets(out_dir: Path, max_sheets: int | None = None, progress=None) ->
     a crafted shard cannot write outside DIR/inspect.
     """
     out_dir = Path(out_dir)
-    shards = sorted(str(p) for p in (out_dir / "shards").glob("scenes-*.tar"))
+    shards = list_shards(out_dir)
     target = out_dir / "inspect"
     target.mkdir(exist_ok=True)
     written = []
     if not shards:
         return written
-    for sample in wds.WebDataset(shards, shardshuffle=False, empty_check=False):
+    for raw in raw_samples(shards):
         if max_sheets is not None and len(written) >= max_sheets:
             break
-        path = target / f"{safe_filename(sample['__key__'])}.png"
+        scene = SceneSample.parse(raw)
+        path = target / f"{safe_filename(scene.key)}.png"
         if path.resolve().parent != target.resolve():  # an invariant of safe_filename
             raise AssertionError(f"contact sheet path {path} escapes {target}")
-        contact_sheet(sample).save(path)
+        contact_sheet(scene).save(path)
         written.append(path)
         if progress:
             progress(len(written))

@@ -161,7 +161,7 @@ def _also_logged(show):
 
 
 def _print_dataset(out: Path) -> None:
-    from dataprep.sheets import failures, load_summary
+    from dataprep.dataset import failures, load_summary
 
     summary = load_summary(out)
     table = Table(title=f"dataset {out}")
@@ -402,7 +402,7 @@ def generate(
 @logged("eval")
 def eval_(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A training run dir (uses RUN/export) or an export dir."),
-    data: Path = typer.Option(..., "--data", help="A curated dataset dir (`lct curate`); scenes are held out by training.data.heldout_keys."),
+    data: Path = typer.Option(..., "--data", help="A curated dataset dir (`lct curate`); scenes are held out by dataprep.dataset.heldout_keys."),
     out: Path = typer.Option(..., "--out", help="Output dir for eval.json and eval.md."),
     scenes: int = typer.Option(32, "--scenes", min=1, help="Held-out scenes scored (the criteria are meant for >= 32); keep N <= the run's data.holdout so none was trained on."),
     seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per generated row (consistency = mean over seeds)."),

@@ -98,7 +98,7 @@ class DataSection(_Strict):
     size: tuple[int, int] = Field((32, 32), description="(H, W) frames are resized (cover + crop) to.")
     max_shots: int | None = Field(None, ge=1, description="Longest scene window; default = the model's max_shots.")
     shuffle_buffer: int = Field(64, ge=1, description="Scenes in the shuffle buffer of each rank.")
-    holdout: int = Field(0, ge=0, description="Scenes held out for evaluation (training.data.heldout_keys).")
+    holdout: int = Field(0, ge=0, description="Scenes held out for evaluation (dataprep.dataset.heldout_keys).")
     prefetch: int = Field(4, ge=1, description="Decoded scenes queued ahead of the step by a background thread.")
     text_kind: Literal["minilm", "open_clip", "t5"] = Field("minilm", description="Text encoder (model/text.py).")
     text_path: str | None = Field(None, description="Local weights of the text encoder (default: packaged MiniLM).")

@@ -20,8 +20,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import queue
 import random
@@ -33,10 +31,9 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
-import webdataset as wds
 
+from dataprep.dataset import CorruptSample, DatasetError, SceneSample, heldout_keys, raw_samples, shard_paths
 from dataprep.media import ClipError, cover_crop, read_frames, window_indices
 from model import Scene, Shot, TextEncoder, encode_prompts, scene_prompts
 from model.latents import LatentCodec
@@ -44,73 +41,6 @@ from model.latents import LatentCodec
 from .config import DataSection, RecipeSection
 
 log = logging.getLogger(__name__)
-
-
-class DatasetError(ValueError):
-    """The dataset dir cannot be trained on (missing, empty, or not written by `lct curate`)."""
-
-
-class CorruptSample(ValueError):
-    """One scene sample is unusable; it is skipped and counted."""
-
-
-# -- the dataset on disk -------------------------------------------------------------------
-def shard_paths(dataset: str | Path) -> list[Path]:
-    """The shards of a curated dataset, with teaching errors for the wrong kind of directory."""
-    root = Path(dataset)
-    if not root.is_dir():
-        raise DatasetError(f"dataset dir {root} does not exist; point --data at the --out of `lct curate`")
-    shards = sorted((root / "shards").glob("*.tar"))
-    if not shards:
-        found = sorted(p.name for p in root.iterdir())[:8]
-        raise DatasetError(
-            f"{root} has no shards/*.tar (it holds {found or 'nothing'}); "
-            "expected the output dir of `lct curate` (shards/, manifest/, dataset.json)"
-        )
-    return shards
-
-
-def check_layout(dataset: str | Path) -> dict:
-    """Read the first sample and check it has the scene layout; returns its json. Raises DatasetError."""
-    for path in shard_paths(dataset):
-        for sample in _tar_samples(str(path), wds.reraise_exception):
-            meta = _meta(sample)
-            missing = [f"{i:03d}.mp4" for i in range(len(meta.get("shots", []))) if f"{i:03d}.mp4" not in sample]
-            if "shots" not in meta or "global_caption" not in meta or missing or not meta["shots"]:
-                raise DatasetError(
-                    f"{path} sample {sample.get('__key__')!r} is not an LCT scene sample: it needs json with "
-                    f"global_caption and shots[], and one NNN.mp4 per shot (missing {missing[:3]}, "
-                    f"json keys {sorted(meta)[:8]}); was it written by `lct curate`?"
-                )
-            return meta
-    raise DatasetError(f"the shards of {dataset} hold no samples")
-
-
-def heldout_keys(dataset: str | Path, n: int) -> list[str]:
-    """The n scenes held out from training for evaluation: the n smallest sha1(scene_id), sorted.
-
-    Deterministic, independent of shard order, and spread over films. Read from the manifest.
-    """
-    if n <= 0:
-        return []
-    table = pq.read_table(Path(dataset) / "manifest" / "shots.parquet", columns=["scene_id", "kept"])
-    keys = {s for s, kept in zip(table["scene_id"].to_pylist(), table["kept"].to_pylist()) if kept and s}
-    ranked = sorted(keys, key=lambda k: hashlib.sha1(k.encode()).hexdigest())
-    return sorted(ranked[:n])
-
-
-def _meta(sample: dict) -> dict:
-    try:
-        return json.loads(sample["json"])
-    except (KeyError, ValueError) as err:
-        raise CorruptSample(f"sample {sample.get('__key__')!r} has no readable json: {err!r}") from err
-
-
-def _tar_samples(url: str, handler) -> Iterator[dict]:
-    from webdataset import tariterators as tar
-
-    stream = tar.url_opener([{"url": url}], handler=handler)
-    return tar.group_by_keys(tar.tar_file_expander(stream, handler=handler), handler=handler)
 
 
 # -- 1 + 2: the deterministic, resumable raw sample stream ------------------------------------
@@ -140,7 +70,7 @@ class SceneStream:
         buf: list[dict] = []
         n = 0
         for url in mine:
-            for sample in _tar_samples(url, self._on_error):
+            for sample in raw_samples([url], self._on_error):
                 if sample.get("__key__") in self.exclude:
                     continue
                 n += 1
@@ -186,9 +116,8 @@ def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
 
 def prepare(sample: dict, data: DataSection, recipe: RecipeSection, max_shots: int, seed: int) -> Prepared:
     """Pick the shots and frames of one training scene from a raw sample (deterministic)."""
-    key = sample.get("__key__", "?")
-    meta = _meta(sample)
-    shots = meta.get("shots") or []
+    scene = SceneSample.parse(sample)
+    key, shots = scene.key, scene.shots
     if not shots:
         raise CorruptSample(f"sample {key!r} has no shots in its json")
     rng = sample_rng(seed, sample.get("__epoch__", 0), key)
@@ -200,11 +129,8 @@ def prepare(sample: dict, data: DataSection, recipe: RecipeSection, max_shots: i
         picks = list(range(first, min(n, first + max_shots)))
     videos, captions = [], []
     for i in picks:
-        mp4 = sample.get(f"{i:03d}.mp4")
-        if mp4 is None:
-            raise CorruptSample(f"sample {key!r} lacks {i:03d}.mp4 for shot {i} of {n}")
         try:
-            frames, src_fps = read_frames(mp4)
+            frames, src_fps = read_frames(scene.mp4(i))
         except ClipError as err:
             raise CorruptSample(f"sample {key!r} shot {i}: {err}") from err
         span = len(frames) / src_fps - data.frames / data.fps   # seconds the window can move
@@ -214,7 +140,7 @@ def prepare(sample: dict, data: DataSection, recipe: RecipeSection, max_shots: i
             idx = [idx[int(rng.integers(len(idx)))]]              # an image shot (F = 1)
         videos.append(np.stack([cover_crop(frames[j], tuple(data.size)) for j in idx]))
         captions.append(shots[i].get("caption") or "")
-    return Prepared(key, meta.get("global_caption") or "", captions, videos)
+    return Prepared(key, scene.global_caption, captions, videos)
 
 
 # -- encoding and the loader ------------------------------------------------------------------

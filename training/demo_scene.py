@@ -12,8 +12,8 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from .data import heldout_keys
-from .evaluate import load_scenes
+from dataprep.dataset import heldout_keys, load_scenes
+from dataprep.media import read_frames
 
 MAX_SHOTS = 4
 

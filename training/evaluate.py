@@ -3,7 +3,7 @@
     keys = heldout_keys(DATA, 8)           # the trainer excludes the same keys
     report = evaluate(bundle, DATA, OUT, scenes=8, steps=30)   # OUT/eval.json + OUT/eval.md
 
-Held-out rule (training.data.heldout_keys, shared with the trainer's `data.holdout`): the n
+Held-out rule (dataprep.dataset.heldout_keys, shared with the trainer's `data.holdout`): the n
 scenes with the smallest sha1(scene key), read from the manifest. n scenes held out are a
 subset of n + 1 held out, so `lct eval --scenes N` with N <= the run's `data.holdout` scores
 scenes the model never trained on. Scenes of one film share characters and settings, so a
@@ -39,13 +39,12 @@ from typing import Callable
 
 import numpy as np
 import torch
-import webdataset as wds
 
 from dataprep.config import EmbedConfig
+from dataprep.dataset import heldout_keys, load_scenes
 from dataprep.media import decode_clip, even_indices
 from dataprep.embed import ClipEmbedder
 from dataprep.scenes import colour_histogram, histogram_similarity
-from training.data import heldout_keys, shard_paths
 from model.export import InferenceBundle
 from training.generate import Plan, SceneSpec, ShotSpec, default_cfg, generate, plan_scene
 from training.consistency import (
@@ -58,32 +57,6 @@ ROWS = ("real",) + MODES
 METRICS = ("clip_consistency", "hist_consistency", "text_alignment", "frame_diff")
 KEYFRAMES = 3
 OnProgress = Callable[[str, int, int], None]     # (what, done, total)
-
-
-# -- held-out scenes ----------------------------------------------------------------------------
-@dataclasses.dataclass
-class RealScene:
-    key: str
-    global_caption: str
-    captions: list[str]
-    mp4s: list[bytes]
-
-
-def load_scenes(dataset_dir: str | Path, keys: list[str]) -> list[RealScene]:
-    """The samples with these keys, in the order of `keys`."""
-    wanted, found = set(keys), {}
-    for sample in wds.WebDataset([str(p) for p in shard_paths(dataset_dir)], shardshuffle=False, empty_check=False):
-        if sample["__key__"] in wanted:
-            meta = json.loads(sample["json"])
-            n = len(meta["shots"])
-            found[sample["__key__"]] = RealScene(
-                sample["__key__"], meta.get("global_caption") or "",
-                [s.get("caption") or "" for s in meta["shots"]], [sample[f"{i:03d}.mp4"] for i in range(n)],
-            )
-    missing = [k for k in keys if k not in found]
-    if missing:
-        raise FileNotFoundError(f"scenes {missing} are not in the shards of {dataset_dir}")
-    return [found[k] for k in keys]
 
 
 # -- metrics ----------------------------------------------------------------------------------
@@ -319,7 +292,7 @@ def evaluate(
     report = {
         "checkpoint": {"path": str(bundle.path), "step": bundle.info.get("step")},
         "ablation": None if ablation is None else {"path": str(ablation.path), "step": ablation.info.get("step")},
-        "data": str(dataset_dir), "heldout": keys, "heldout_rule": "n smallest sha1(scene key) (training.data.heldout_keys)",
+        "data": str(dataset_dir), "heldout": keys, "heldout_rule": "n smallest sha1(scene key) (dataprep.dataset.heldout_keys)",
         "scenes": len(real), "scenes_asked": scenes, "seeds": seeds, "steps": steps, "seed": seed, "cfg": cfg,
         "frames": bundle.frames, "size": list(bundle.size), "fps": bundle.fps,
         "clip": scorer.description, "rows": table, "criteria": criteria,

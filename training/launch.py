@@ -23,10 +23,10 @@ from typing import Callable
 
 import yaml
 
+from dataprep.dataset import check_layout, shard_paths
 from dataprep.lock import writes_to
 
 from .config import TrainConfig, deepspeed_config, dump_yaml
-from .data import check_layout, shard_paths
 from .metrics import read_metrics
 
 log = logging.getLogger(__name__)

@@ -13,12 +13,13 @@ import torch
 import webdataset as wds
 from safetensors.torch import save_file
 
+from dataprep.dataset import heldout_keys, raw_samples, shard_paths
 from dataprep.media import encode_mp4, frames_sheet
 from model import SamplerConfig, TextEncoder, encode_scene, sample
 from model.latents import LatentCodec
 
 from .config import DataSection, RecipeSection
-from .data import Prepared, _tar_samples, heldout_keys, prepare, shard_paths
+from .data import Prepared, prepare
 
 PLAIN = RecipeSection(image_prob=0.0, single_shot_prob=0.0, text_dropout=0.0)
 
@@ -26,10 +27,9 @@ PLAIN = RecipeSection(image_prob=0.0, single_shot_prob=0.0, text_dropout=0.0)
 def validation_scene(dataset: str | Path, data: DataSection, max_shots: int, holdout: int) -> Prepared:
     """The fixed scene sampled during training (the first held-out one when there are any)."""
     wanted = heldout_keys(dataset, holdout)[:1]
-    for path in shard_paths(dataset):
-        for raw in _tar_samples(str(path), wds.warn_and_continue):
-            if not wanted or raw.get("__key__") == wanted[0]:
-                return prepare(raw, data, PLAIN, max_shots, seed=0)
+    for raw in raw_samples(shard_paths(dataset), wds.warn_and_continue):
+        if not wanted or raw.get("__key__") == wanted[0]:
+            return prepare(raw, data, PLAIN, max_shots, seed=0)
     raise ValueError(f"validation scene {wanted} not found in {dataset}")
 
 

@@ -1,6 +1,6 @@
 """The `ingest` flow: films -> a curated dataset of WebDataset scene shards (dataprep/).
 
-    list_sources -> diff_manifest -> curate (in-process Ray | a Ray job) -> check_dataset
+    list_sources -> diff_manifest -> curate (in-process Ray | a Ray job) -> verify_dataset
                  -> publish_report (table of films + markdown summary) -> record_run
 
 Where the curation runs depends on `ray_address`:
@@ -21,9 +21,8 @@ Every function below the tasks is plain Python, usable and tested without Prefec
 import json
 import re
 import shlex
-import tarfile
-from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from dataprep import manifest
 from dataprep.config import CurateConfig, load_yaml
+from dataprep.dataset import DatasetCheck, check_dataset
 from dataprep.run import CurateFailed, CurateUsageError
-from dataprep.shards import sha256_file
 from dataprep.sources import list_films
 from pipelines.flows.common import is_jobs_address, run_ray_job
 
@@ -216,14 +215,6 @@ class CurateRun:
     job_id: str | None = None
 
 
-@dataclass
-class DatasetCheck:
-    shards: int = 0
-    samples: int = 0
-    shot_rows: int = 0
-    problems: list[str] = field(default_factory=list)
-
-
 def effective_config(config: str | dict | None, ray_address: str | None, max_failure_rate: float | None) -> CurateConfig:
     """CurateConfig from a YAML path or a dict of overrides, plus the flow's own parameters."""
     if isinstance(config, str):
@@ -237,17 +228,8 @@ def effective_config(config: str | dict | None, ray_address: str | None, max_fai
     return CurateConfig.model_validate(data)
 
 
-def ok_films(out: Path) -> dict[str, str]:
-    """uri -> film_id of films `ok` in the dataset's committed manifest parts (read only)."""
-    status: dict[str, tuple[str, str]] = {}
-    for part in sorted(manifest.parts_dir(out).glob("*.films.parquet")):
-        for row in pq.read_table(part, columns=["uri", "film_id", "status"]).to_pylist():
-            status[row["uri"]] = (row["status"], row["film_id"])  # the latest part wins
-    return {uri: fid for uri, (st, fid) in status.items() if st == "ok"}
-
-
 def diff_films(uris: list[str], out: Path) -> FilmDiff:
-    done = ok_films(out)
+    done = manifest.ok_films(out)
     return FilmDiff(todo=[u for u in uris if u not in done], done=[u for u in uris if u in done])
 
 
@@ -274,70 +256,6 @@ def interpret_curate_job(status: str, exit_code: int | None, logs: str, message:
             f"were written to {out}",
         )
     raise RuntimeError(f"Ray job {job_id} {status} (exit code {exit_code}): {message}\n{tail}")
-
-
-def _tar_members(path: Path) -> dict[str, set[str]]:
-    """scene key -> member extensions of a WebDataset shard, read from the tar headers only."""
-    members: dict[str, set[str]] = defaultdict(set)
-    with tarfile.open(path) as tar:
-        for info in tar:
-            key, _, ext = info.name.partition(".")
-            members[key].add(ext)
-    return members
-
-
-def check_dataset(out: Path) -> DatasetCheck:
-    """Shards on disk == shards in dataset.json (size, sha256, sample count); every kept shot row
-    of the manifest <-> a `{i:03d}.mp4` of its scene sample in its shard; every ok film's scene count."""
-    check = DatasetCheck()
-    problems = check.problems
-    doc_path = out / "dataset.json"
-    if not doc_path.is_file():
-        problems.append(f"{doc_path} is missing")
-        return check
-    missing = [p for p in ("manifest/films.parquet", "manifest/shots.parquet") if not (out / p).is_file()]
-    if missing:
-        problems += [f"{out / p} is missing" for p in missing]
-        return check
-    listed = {s["name"]: s for s in json.loads(doc_path.read_text())["shards"]}
-    on_disk = {p.name for p in (out / "shards").glob("scenes-*.tar")}
-    problems += [f"shard {n} is in dataset.json but not in {out / 'shards'}" for n in sorted(set(listed) - on_disk)]
-    problems += [f"shard {n} is not listed in dataset.json" for n in sorted(on_disk - set(listed))]
-    samples: dict[str, dict[str, set[str]]] = {}
-    for name in sorted(set(listed) & on_disk):
-        path, info = out / "shards" / name, listed[name]
-        if path.stat().st_size != info["bytes"]:
-            problems.append(f"shard {name}: {path.stat().st_size} bytes on disk, dataset.json says {info['bytes']}")
-        if (digest := sha256_file(path)) != info["sha256"]:
-            problems.append(f"shard {name}: sha256 {digest} on disk, dataset.json says {info['sha256']}")
-        samples[name] = _tar_members(path)
-        if len(samples[name]) != info["samples"]:
-            problems.append(f"shard {name}: {len(samples[name])} samples, dataset.json says {info['samples']}")
-    check.shards = len(samples)
-    check.samples = sum(len(s) for s in samples.values())
-
-    shots = pq.read_table(out / "manifest" / "shots.parquet", columns=["scene_id", "shot_index", "shard", "kept"])
-    expected: dict[tuple[str, str], set[str]] = defaultdict(set)  # (shard, scene) -> mp4 members
-    for row in shots.to_pylist():
-        if row["kept"]:
-            check.shot_rows += 1
-            expected[(row["shard"], row["scene_id"])].add(f"{row['shot_index']:03d}.mp4")
-    actual = {(shard, key): {e for e in exts if e.endswith("mp4")} for shard, keys in samples.items()
-              for key, exts in keys.items()}
-    for where in sorted(set(expected) | set(actual)):
-        want, have = expected.get(where, set()), actual.get(where)
-        if have is None:
-            if where[0] in samples or where[0] not in listed:
-                problems.append(f"scene {where[1]} of the manifest has no sample in shard {where[0]}")
-        elif want != have:
-            problems.append(f"scene {where[1]} in {where[0]}: manifest shots {sorted(want)} but sample has {sorted(have)}")
-    scenes_per_film = Counter(key.rsplit("-", 1)[0] for _, key in actual)
-    films = pq.read_table(out / "manifest" / "films.parquet", columns=["film_id", "status", "n_scenes"])
-    for row in films.to_pylist():
-        if row["status"] == "ok" and scenes_per_film[row["film_id"]] != row["n_scenes"]:
-            problems.append(f"film {row['film_id']}: n_scenes={row['n_scenes']} but "
-                            f"{scenes_per_film[row['film_id']]} samples in the shards")
-    return check
 
 
 def film_rows(out: Path, uris: list[str], done_before: set[str]) -> list[dict]:

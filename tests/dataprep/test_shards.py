@@ -7,7 +7,8 @@ import webdataset as wds
 
 from dataprep import manifest
 from dataprep.config import ShardConfig
-from dataprep.shards import FilmEntry, SceneShardWriter, encode_sample, npy_bytes, recover
+from dataprep.dataset import encode_sample, npy_bytes
+from dataprep.shards import FilmEntry, SceneShardWriter, recover
 
 
 def _film(film_id: str, n_scenes: int, payload: int = 100) -> FilmEntry:

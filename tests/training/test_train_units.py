@@ -12,9 +12,8 @@ from pydantic import ValidationError
 
 from model import PRESETS, TextEncoder, build_codec
 from training.config import DataSection, RecipeSection, TrainConfig, deepspeed_config, dump_yaml
-from training.data import (
-    CorruptSample, DatasetError, SceneLoader, SceneStream, check_layout, heldout_keys, prepare, shard_paths,
-)
+from dataprep.dataset import CorruptSample, DatasetError, check_layout, heldout_keys, shard_paths
+from training.data import SceneLoader, SceneStream, prepare
 from training.objective import add_noise, bucket_losses, drop_prompts, flow_loss, sample_timesteps
 
 DATA = {"frames": 4, "size": [16, 16]}
