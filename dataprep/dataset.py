@@ -223,9 +223,12 @@ def tar_members(path: Path) -> dict[str, set[str]]:
     return members
 
 
-def check_dataset(out: Path) -> DatasetCheck:
+def check_dataset(out: Path, uris: list[str] | None = None) -> DatasetCheck:
     """Shards on disk == shards in dataset.json (size, sha256, sample count); every kept shot row
-    of the manifest <-> a `{i:03d}.mp4` of its scene sample in its shard; every ok film's scene count."""
+    of the manifest <-> a `{i:03d}.mp4` of its scene sample in its shard; every ok film's scene count;
+    every film with scenes in the shards is an ok film of the manifest; and, given the `uris` a run
+    was asked to curate, each of them has its row in the manifest (a second writer into the same
+    folder overwrites parts and shards: the films it pushed out are caught here)."""
     out = Path(out)
     check = DatasetCheck()
     problems = check.problems
@@ -248,7 +251,12 @@ def check_dataset(out: Path) -> DatasetCheck:
             problems.append(f"shard {name}: {path.stat().st_size} bytes on disk, dataset.json says {info['bytes']}")
         if (digest := sha256_file(path)) != info["sha256"]:
             problems.append(f"shard {name}: sha256 {digest} on disk, dataset.json says {info['sha256']}")
-        samples[name] = tar_members(path)
+        try:
+            samples[name] = tar_members(path)
+        except (tarfile.TarError, OSError) as err:
+            problems.append(f"shard {name} is damaged: it cannot be read as a tar ({type(err).__name__}: {err}); "
+                            f"run `lct curate` on the same --out again to curate its films again")
+            continue
         if len(samples[name]) != info["samples"]:
             problems.append(f"shard {name}: {len(samples[name])} samples, dataset.json says {info['samples']}")
     check.shards = len(samples)
@@ -270,9 +278,24 @@ def check_dataset(out: Path) -> DatasetCheck:
         elif want != have:
             problems.append(f"scene {where[1]} in {where[0]}: manifest shots {sorted(want)} but sample has {sorted(have)}")
     scenes_per_film = Counter(key.rsplit("-", 1)[0] for _, key in actual)
-    films = pq.read_table(out / "manifest" / "films.parquet", columns=["film_id", "status", "n_scenes"])
-    for row in films.to_pylist():
+    films = pq.read_table(out / "manifest" / "films.parquet", columns=["film_id", "uri", "status", "n_scenes"])
+    film_rows = films.to_pylist()
+    for row in film_rows:
         if row["status"] == "ok" and scenes_per_film[row["film_id"]] != row["n_scenes"]:
             problems.append(f"film {row['film_id']}: n_scenes={row['n_scenes']} but "
                             f"{scenes_per_film[row['film_id']]} samples in the shards")
+    ok = {r["film_id"] for r in film_rows if r["status"] == "ok"}
+    for film_id in sorted(set(scenes_per_film) - ok):
+        problems.append(f"film {film_id} has {scenes_per_film[film_id]} scenes in the shards but is not an ok film "
+                        f"of {out / 'manifest' / 'films.parquet'}")
+    for film_id in sorted({key.rsplit("-", 1)[0] for _, key in expected} - ok):
+        problems.append(f"film {film_id} has kept shot rows in manifest/shots.parquet but is not an ok film "
+                        "of manifest/films.parquet")
+    if uris is not None:
+        in_manifest = {r["uri"] for r in film_rows}
+        lost = [u for u in uris if u not in in_manifest]
+        problems += [f"film {u} was to be curated but has no row in {out / 'manifest' / 'films.parquet'} "
+                     "(was another run writing into the same folder?)" for u in lost[:50]]
+        if len(lost) > 50:
+            problems.append(f"... and {len(lost) - 50} more films without a manifest row")
     return check

@@ -67,9 +67,13 @@ def parts_dir(out_dir: Path) -> Path:
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
+    try:
+        pq.write_table(table, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    except OSError:
+        tmp.unlink(missing_ok=True)  # never leave a partial part behind
+        raise
     os.replace(tmp, path)
 
 
@@ -86,6 +90,43 @@ def write_part(out_dir: Path, seq: int, films: list[dict], shots: list[dict], sh
     meta = {b"lct.shard": json.dumps(shard).encode()}
     films_table = pa.Table.from_pylist(films, schema=FILM_SCHEMA.with_metadata(meta))
     _write_atomic(films_table, directory / f"{seq:06d}.films.parquet")
+
+
+def repair(out_dir: Path) -> list[str]:
+    """Move aside every part that cannot be read whole (a truncated Parquet file, a films part without
+    its shots part) into `manifest/parts/damaged/`; returns what was moved and why.
+
+    What such a part recorded is then not in the dataset: its films count as not curated and are
+    curated again, and its shard (no longer accounted for) is moved aside by `shards.recover`.
+    """
+    directory = parts_dir(out_dir)
+    if not directory.is_dir():
+        return []
+    notes = []
+    for films_path in sorted(directory.glob("*.films.parquet")):
+        shots_path = directory / films_path.name.replace(".films.", ".shots.")
+        try:
+            if not shots_path.exists():
+                raise FileNotFoundError(f"its shots part {shots_path.name} is missing")
+            films = pq.read_table(films_path)
+            json.loads((films.schema.metadata or {}).get(b"lct.shard", b"null"))
+            pq.read_table(shots_path)
+        except (OSError, ValueError, pa.ArrowException) as err:  # ArrowInvalid: truncated / not Parquet
+            damaged = directory / "damaged"
+            try:
+                damaged.mkdir(exist_ok=True)
+                for path in (films_path, shots_path):
+                    if path.exists():
+                        os.replace(path, damaged / path.name)
+            except OSError as move_err:
+                raise RuntimeError(
+                    f"manifest part {films_path} is damaged ({err}) and could not be moved aside ({move_err}); "
+                    f"move {films_path} and {shots_path} out of {directory} by hand and run again: "
+                    "its films are curated again"
+                ) from move_err
+            notes.append(f"manifest part {films_path.name} is damaged ({type(err).__name__}: {err}); moved it to "
+                         f"{damaged} and its films are curated again")
+    return notes
 
 
 def read_parts(out_dir: Path) -> list[tuple[int, pa.Table, pa.Table, dict | None]]:
@@ -112,7 +153,11 @@ def ok_films(out_dir: Path) -> dict[str, str]:
     what a resumed run skips (dataprep/run.py) and what the ingest flow reports as done."""
     status: dict[str, tuple[str, str]] = {}
     for films_path in sorted(parts_dir(out_dir).glob("*.films.parquet")):
-        for row in pq.read_table(films_path, columns=["uri", "film_id", "status"]).to_pylist():
+        try:
+            rows = pq.read_table(films_path, columns=["uri", "film_id", "status"]).to_pylist()
+        except (OSError, pa.ArrowException):  # a damaged part: its films are not done (`repair` moves it aside)
+            continue
+        for row in rows:
             status[row["uri"]] = (row["status"], row["film_id"])
     return {uri: fid for uri, (st, fid) in status.items() if st == "ok"}
 

@@ -277,13 +277,17 @@ def curate(
     out_dir = Path(out_dir).resolve()
     uris = list_films(inputs, cfg.extensions)
     out_dir.mkdir(parents=True, exist_ok=True)
-    recover(out_dir)
+    recovered = recover(out_dir)
+    for note in recovered:
+        log.warning(note)
     done = manifest.ok_films(out_dir)
     todo = [u for u in uris if u not in done]
 
     # 1. Ray, the stages and their actor pools
     dashboard = connect(cfg.ray)
     if on_status:
+        for note in recovered:
+            on_status(f"warning: {note}")
         on_status(f"{len(todo)} films to curate, {len(uris) - len(todo)} already done; Ray dashboard: {dashboard or 'n/a'}")
     cpus = ray.cluster_resources().get("CPU", 0)
     if cfg.ray.film_cpus > cpus:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dataprep.dataset import SceneSample, list_shards, raw_samples
+from dataprep.dataset import CorruptSample, SceneSample, list_shards, raw_samples
 from dataprep.media import draw_sheet, even_indices, read_frames
 
 THUMB = 128
@@ -54,11 +54,21 @@ def contact_sheet(sample: dict | SceneSample, k: int = 3) -> Image.Image:
     return draw_sheet(f"{scene.key}  |  {scene.meta['global_caption']}", rows, k, thumb=THUMB)
 
 
-def write_sheets(out_dir: Path, max_sheets: int | None = None, progress=None) -> list[Path]:
+def _skip_damaged(damaged: list[str]):
+    def handler(err: Exception) -> bool:  # webdataset's handler protocol: True = go on with the next data
+        damaged.append(f"{type(err).__name__}: {err}")
+        return True
+
+    return handler
+
+
+def write_sheets(out_dir: Path, max_sheets: int | None = None, progress=None,
+                 damaged: list[str] | None = None) -> list[Path]:
     """Contact sheets into DIR/inspect/<scene_id>.png; returns their paths.
 
     The file name comes from the shard (the sample key), so it goes through `safe_filename`:
-    a crafted shard cannot write outside DIR/inspect.
+    a crafted shard cannot write outside DIR/inspect. Unreadable shard data (a damaged shard) is
+    skipped and described in `damaged`.
     """
     out_dir = Path(out_dir)
     shards = list_shards(out_dir)
@@ -67,10 +77,15 @@ def write_sheets(out_dir: Path, max_sheets: int | None = None, progress=None) ->
     written = []
     if not shards:
         return written
-    for raw in raw_samples(shards):
+    damaged = damaged if damaged is not None else []
+    for raw in raw_samples(shards, handler=_skip_damaged(damaged)):
         if max_sheets is not None and len(written) >= max_sheets:
             break
-        scene = SceneSample.parse(raw)
+        try:
+            scene = SceneSample.parse(raw)
+        except CorruptSample as err:
+            damaged.append(str(err))
+            continue
         path = target / f"{safe_filename(scene.key)}.png"
         if path.resolve().parent != target.resolve():  # an invariant of safe_filename
             raise AssertionError(f"contact sheet path {path} escapes {target}")

@@ -138,7 +138,8 @@ def curate(
 
             summary = run_curate(inputs, out, cfg, on_film=on_film, on_status=_also_logged(bar.console.print))
     except (FileNotFoundError, CurateUsageError, SourceError, OutputError) as e:
-        # inputs that match nothing or cannot be listed, resources the cluster lacks, an --out in use or unwritable
+        # inputs that match nothing or cannot be listed, resources the cluster lacks, an --out in use or
+        # unwritable, or one that takes no more bytes (disk full mid-run)
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     except CurateFailed as e:
@@ -208,7 +209,9 @@ def inspect(
     directory: Path = typer.Argument(..., help="A dataset directory written by `lct curate`."),
     sheets: int = typer.Option(50, "--sheets", help="Contact sheets to draw at most (0 = none)."),
 ):
-    """Summarise a curated dataset and draw a contact sheet per scene (DIR/inspect/*.png)."""
+    """Summarise a curated dataset, verify its shards, and draw a contact sheet per scene (DIR/inspect/*.png).
+    Exits 1 when a shard is damaged or the manifest and the shards disagree (each problem is listed)."""
+    from dataprep.dataset import check_dataset
     from dataprep.sheets import write_sheets
 
     try:
@@ -216,11 +219,21 @@ def inspect(
     except FileNotFoundError as e:
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
+    problems = check_dataset(directory).problems
+    for problem in problems:
+        console.print(f"[red]damaged:[/red] {problem}")
+    damaged: list[str] = []
     if sheets:
         with _progress() as bar:
             task = bar.add_task("contact sheets", total=None, note="")
-            paths = write_sheets(directory, sheets, progress=lambda n: bar.update(task, completed=n))
+            paths = write_sheets(directory, sheets, progress=lambda n: bar.update(task, completed=n), damaged=damaged)
         console.print(f"{len(paths)} contact sheets in {directory / 'inspect'}")
+        for problem in damaged:
+            console.print(f"[red]skipped unreadable shard data:[/red] {problem}")
+    if problems or damaged:
+        console.print(f"[red]{directory} is damaged[/red]: run `lct curate` with the same --out to curate the films "
+                      "of damaged shards again")
+        raise typer.Exit(1)
 
 
 @app.command()

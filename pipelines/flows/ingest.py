@@ -75,7 +75,7 @@ def ingest(
         run = curate_on_ray_job(sources, out, cfg, ray_address)
     else:
         run = curate_in_process(sources, out, cfg)
-    check = verify_dataset(out)
+    check = verify_dataset(out, uris)
     report = publish_report(out, uris, diff, run, check, cfg.max_failure_rate)
     record_run(out, params, cfg, {"state": "failed" if run.failure or check.problems else "completed"} | report)
     if run.failure:
@@ -151,8 +151,9 @@ def curate_on_ray_job(sources: list[str], out: str, cfg: CurateConfig, dashboard
 
 
 @task(name="verify-dataset", retries=1)
-def verify_dataset(out: str) -> "DatasetCheck":
-    check = check_dataset(Path(out))
+def verify_dataset(out: str, uris: list[str] | None = None) -> "DatasetCheck":
+    """The dataset's shards, checksums and manifest agree, and every film listed for this run is in it."""
+    check = check_dataset(Path(out), uris)
     logger = get_run_logger()
     logger.info("checked %d shards (sha256), %d samples <-> %d manifest shot rows", check.shards, check.samples,
                 check.shot_rows)

@@ -1,8 +1,11 @@
+import errno
 import hashlib
 import json
+import os
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 import webdataset as wds
 
 from dataprep import manifest
@@ -113,3 +116,148 @@ def test_failed_rows_committed_without_shard_latest_wins(tmp_path):
     films, _, _ = manifest.consolidate(tmp_path)
     assert films.to_pylist()[0]["status"] == "ok"
     assert pq.read_table(tmp_path / "manifest" / "films.parquet").num_rows == 1
+
+
+def test_missing_journal_never_deletes_a_committed_shard(tmp_path):
+    """Issue 15.1: with manifest/parts/ gone, recovery moved every shard aside instead of deleting it."""
+    import shutil
+
+    _write(tmp_path, [_film("f0", 2), _film("f1", 2)], ShardConfig(max_samples=2))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "shards").glob("*.tar")}
+    assert len(before) == 2
+    shutil.rmtree(manifest.parts_dir(tmp_path))
+    notes = recover(tmp_path)
+    orphaned = tmp_path / "shards" / "orphaned"
+    assert {p.name: p.read_bytes() for p in orphaned.iterdir()} == before  # every byte kept
+    assert not list((tmp_path / "shards").glob("*.tar"))                    # none is visible to readers
+    assert len(notes) == 2 and all("orphaned" in n and "not in the manifest journal" in n for n in notes)
+    # the films are curated again into the same shard names; a second orphaning never overwrites the first
+    _write(tmp_path, [_film("f0", 2)], ShardConfig(max_samples=2))
+    assert (tmp_path / "shards" / "scenes-000000.tar").read_bytes() == before["scenes-000000.tar"]
+    shutil.rmtree(manifest.parts_dir(tmp_path))
+    recover(tmp_path)
+    assert sorted(p.name for p in orphaned.iterdir()) == ["scenes-000000.tar", "scenes-000000.tar.1", "scenes-000001.tar"]
+
+
+class _FullDisk:
+    """A file whose writes fail with ENOSPC once `limit` bytes are written (what a full disk does)."""
+
+    def __init__(self, f, limit: int):
+        self.f, self.left = f, limit
+
+    def write(self, data):
+        if len(data) > self.left:
+            self.f.write(data[: self.left])
+            self.left = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.left -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_disk_full_mid_shard_is_a_clear_error_and_resume_gives_the_clean_dataset(tmp_path, monkeypatch):
+    """Issue 14.4: ENOSPC while the second shard is written -> OutputUnwritable naming the shard, the
+    path and the free space; nothing of that shard is visible; a resumed writer gives the clean bytes."""
+    import builtins
+
+    from dataprep import shards as shards_module
+    from dataprep.lock import OutputUnwritable
+
+    films = [_film(f"f{i}", 2) for i in range(4)]
+    _write(tmp_path / "clean", films, ShardConfig(max_samples=4))
+    out = tmp_path / "full"
+    opened = []
+
+    def open_on_a_full_disk(path, mode="r", *args, **kw):
+        f = builtins.open(path, mode, *args, **kw)
+        opened.append(path)
+        return _FullDisk(f, 3000) if len(opened) == 2 else f   # the second shard hits the full disk
+
+    monkeypatch.setattr(shards_module, "open", open_on_a_full_disk, raising=False)
+    writer = SceneShardWriter(out, ShardConfig(max_samples=4))
+    writer.add(films[0]), writer.add(films[1])
+    writer.add(films[2])
+    with pytest.raises(OutputUnwritable) as err:
+        writer.add(films[3])
+    message = str(err.value)
+    assert "shard scenes-000001.tar (2 films, 4 scenes)" in message and str(out / "shards") in message
+    assert "No space left on device" in message and "MB free of" in message and "run the same command again" in message
+    assert sorted(p.name for p in (out / "shards").iterdir()) == ["scenes-000000.tar"]   # nothing half-visible
+    assert sorted(p.name for p in manifest.parts_dir(out).iterdir()) == ["000000.films.parquet", "000000.shots.parquet"]
+    monkeypatch.undo()
+
+    # resume as `curate` does: recover, skip the films already ok, write the others in input order
+    recover(out)
+    done = manifest.ok_films(out)
+    _write(out, [f for f in films if f.film_row["uri"] not in done], ShardConfig(max_samples=4))
+    clean = sorted((tmp_path / "clean" / "shards").glob("*.tar"))
+    resumed = sorted((out / "shards").glob("*.tar"))
+    assert [p.name for p in resumed] == [p.name for p in clean]
+    assert [p.read_bytes() for p in resumed] == [p.read_bytes() for p in clean]
+
+
+def _visible_keys(out) -> list[str]:
+    shards = sorted(str(p) for p in (out / "shards").glob("*.tar"))
+    return sorted(s["__key__"] for s in wds.WebDataset(shards, shardshuffle=False)) if shards else []
+
+
+def _resume(out, films):
+    """What `curate` does on a re-run: recover, skip the films already ok, write the others in input order."""
+    notes = recover(out)
+    done = manifest.ok_films(out)
+    _write(out, [f for f in films if f.film_row["uri"] not in done], ShardConfig(max_samples=2))
+    return notes, done
+
+
+def test_damaged_journal_is_repaired_by_curating_its_films_again(tmp_path):
+    """Issue 14.5: a truncated films part and a films part without its shots part are moved aside
+    (named in the notes), their shards too, and their films curated again: the clean dataset back."""
+    films = [_film(f"f{i}", 2) for i in range(3)]
+    _write(tmp_path / "clean", films, ShardConfig(max_samples=2))
+    out = tmp_path / "ds"
+    _write(out, films, ShardConfig(max_samples=2))
+    parts = manifest.parts_dir(out)
+    truncated = parts / "000001.films.parquet"
+    truncated.write_bytes(truncated.read_bytes()[:100])
+    (parts / "000002.shots.parquet").unlink()
+    notes, done = _resume(out, films)
+    assert sorted(done.values()) == ["f0"]
+    assert any("000001.films.parquet is damaged" in n for n in notes), notes
+    assert any("000002.films.parquet is damaged" in n and "000002.shots.parquet is missing" in n for n in notes), notes
+    assert sorted(p.name for p in (parts / "damaged").iterdir()) == [
+        "000001.films.parquet", "000001.shots.parquet", "000002.films.parquet"]
+    assert sorted(p.name for p in (out / "shards" / "orphaned").iterdir()) == ["scenes-000001.tar", "scenes-000002.tar"]
+    clean = sorted((tmp_path / "clean" / "shards").glob("*.tar"))
+    assert [p.read_bytes() for p in sorted((out / "shards").glob("*.tar"))] == [p.read_bytes() for p in clean]
+    films_t, _, shards = manifest.consolidate(out)
+    assert sorted(films_t.column("film_id").to_pylist()) == ["f0", "f1", "f2"] and len(shards) == 3
+
+
+def test_damaged_committed_shard_is_detected_and_its_films_curated_again(tmp_path):
+    """Issue 14.7: a committed shard truncated (size) or flipped (sha256) is not the one committed:
+    recovery says so, moves it aside and its films are curated again."""
+    films = [_film(f"f{i}", 2) for i in range(3)]
+    _write(tmp_path / "clean", films, ShardConfig(max_samples=2))
+    out = tmp_path / "ds"
+    _write(out, films, ShardConfig(max_samples=2))
+    one, two = out / "shards" / "scenes-000001.tar", out / "shards" / "scenes-000002.tar"
+    one.write_bytes(one.read_bytes()[:700])                      # truncated
+    data = bytearray(two.read_bytes())
+    data[600] ^= 0xFF                                            # same size, other bytes
+    two.write_bytes(bytes(data))
+    notes, done = _resume(out, films)
+    assert sorted(done.values()) == ["f0"]
+    assert any("scenes-000001.tar is damaged (700 bytes" in n for n in notes), notes
+    assert any("scenes-000002.tar is damaged (sha256" in n for n in notes), notes
+    assert _visible_keys(out) == _visible_keys(tmp_path / "clean")   # every scene once, readable
+    _, _, shards = manifest.consolidate(out)
+    for shard in shards:
+        assert hashlib.sha256((out / "shards" / shard["name"]).read_bytes()).hexdigest() == shard["sha256"]

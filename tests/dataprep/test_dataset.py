@@ -1,0 +1,76 @@
+"""The dataset contract's verification (dataprep/dataset.py check_dataset) on datasets written by the real shard writer."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dataprep import manifest
+from dataprep.config import ShardConfig
+from dataprep.dataset import check_dataset
+from dataprep.shards import SceneShardWriter
+from tests.dataprep.test_shards import _film
+
+
+def _finish(out):
+    """What the end of a run does: fold the journal, write dataset.json with the shard list."""
+    _, _, shards = manifest.consolidate(out)
+    (out / "dataset.json").write_text(json.dumps({"shards": shards}))
+
+
+def test_check_catches_films_a_second_writer_pushed_out(tmp_path):
+    """Issue 15.2: two writers into one folder both commit seq 0 / scenes-000000.tar; the second
+    overwrites the first's shard and part, and what remains is self-consistent. The check, given
+    the films a run was asked to curate, says which ones are gone."""
+    a = [_film(f"a{i}", 1) for i in range(4)]
+    b = [_film(f"b{i}", 1) for i in range(2)]
+    first, second = SceneShardWriter(tmp_path, ShardConfig(max_samples=2)), SceneShardWriter(tmp_path, ShardConfig(max_samples=2))
+    first.add(a[0]), first.add(a[1])          # commits part 0 + scenes-000000.tar
+    second.add(b[0]), second.add(b[1])        # commits part 0 + scenes-000000.tar again: a0, a1 are gone
+    first.add(a[2]), first.add(a[3])          # part 1 + scenes-000001.tar
+    _finish(tmp_path)
+    assert check_dataset(tmp_path).problems == []                     # consistent on its own
+    uris_a = [f.film_row["uri"] for f in a]
+    problems = check_dataset(tmp_path, uris_a).problems
+    assert len(problems) == 2 and all("has no row in" in p for p in problems), problems
+    assert any("/films/a0.mp4" in p for p in problems) and any("/films/a1.mp4" in p for p in problems)
+    assert check_dataset(tmp_path, [f.film_row["uri"] for f in b]).problems == []
+
+
+def test_check_catches_films_in_shards_but_not_in_the_manifest(tmp_path):
+    writer = SceneShardWriter(tmp_path, ShardConfig(max_samples=4))
+    for film in [_film("f0", 2), _film("f1", 1)]:
+        writer.add(film)
+    writer.flush()
+    _finish(tmp_path)
+    assert check_dataset(tmp_path).problems == []
+    path = tmp_path / "manifest" / "films.parquet"
+    films = pq.read_table(path)
+    pq.write_table(films.filter(pa.compute.not_equal(films["film_id"], "f1")), path)   # f1's film row lost
+    problems = check_dataset(tmp_path).problems
+    assert any("film f1 has 1 scenes in the shards but is not an ok film" in p for p in problems), problems
+    assert any("film f1 has kept shot rows" in p for p in problems), problems
+
+
+def test_inspect_reports_a_damaged_shard_instead_of_crashing(tmp_path):
+    """Issue 14.7: a truncated shard of a finished dataset: `lct inspect` names it and exits 1."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    writer = SceneShardWriter(tmp_path, ShardConfig(max_samples=2))
+    for film in [_film("f0", 2), _film("f1", 2)]:
+        writer.add(film)
+    writer.flush()
+    _, _, shards = manifest.consolidate(tmp_path)
+    counts = {"films": {"ok": 2, "failed": 0, "skipped": 0}, "shots": 8, "shots_dropped": 0, "scenes": 4, "shards": 2}
+    (tmp_path / "dataset.json").write_text(json.dumps({"shards": shards, "counts": counts, "embed": {}}))
+    assert check_dataset(tmp_path).problems == []
+    shard = tmp_path / "shards" / "scenes-000001.tar"
+    shard.write_bytes(shard.read_bytes()[:1000])
+    problems = check_dataset(tmp_path).problems
+    assert any("scenes-000001.tar: 1000 bytes on disk" in p for p in problems), problems
+    assert any("scenes-000001.tar is damaged: it cannot be read" in p for p in problems), problems
+    result = CliRunner().invoke(app, ["inspect", str(tmp_path), "--sheets", "0"])
+    assert result.exit_code == 1, result.output
+    assert "damaged" in result.output and "scenes-000001.tar" in result.output and "Traceback" not in result.output
