@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import LCTConfig
@@ -32,6 +33,11 @@ from .lct import LCT
 from .text import TextEncoder, TextEncoderConfig
 
 WEIGHTS, CONFIG, INFO = "model.safetensors", "config.json", "lct.json"
+INFO_KEYS = ("text", "codec", "frames", "fps", "size")        # what load_bundle reads of lct.json
+
+
+class ExportError(ValueError):
+    """An export folder whose files are damaged or do not match each other; the message names the file."""
 
 
 DIFFUSERS = "diffusers"   # a Wan export also holds diffusers/transformer/ (WanTransformer3DModel.from_pretrained)
@@ -80,8 +86,44 @@ def save_export(model: LCT, directory: str | Path) -> Path:
     return directory
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ExportError(f"{path} is not valid JSON ({e}); re-export the run with `lct train --out RUN --export-only`") from e
+    if not isinstance(data, dict):
+        raise ExportError(f"{path} holds a {type(data).__name__}, expected a JSON object")
+    return data
+
+
+def weight_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors header, without reading (or allocating) any weight."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ExportError(
+            f"{path} is not a readable safetensors file ({e}); it is damaged or was not written by lct: "
+            "re-export the run with `lct train --out RUN --export-only`"
+        ) from e
+
+
+def _build(cfg, device: str | torch.device = "cpu"):
+    """The model of `cfg`, randomly initialised on `device` ("meta": shapes only, nothing allocated)."""
+    if isinstance(cfg, LCTConfig):
+        with torch.device(device):
+            return LCT(cfg)
+    from .wan import build_wan
+
+    return build_wan(cfg, device)
+
+
 def load_export(directory: str | Path, device: str | torch.device = "cpu") -> LCT:
-    """Rebuild the LCT from config.json and load model.safetensors into it (strict)."""
+    """Rebuild the LCT from config.json and load model.safetensors into it (strict).
+
+    The config is checked against the safetensors header on the meta device first, so a hostile or
+    mismatched config.json is refused before a single weight is allocated.
+    """
     directory = Path(directory)
     missing = [name for name in (WEIGHTS, CONFIG) if not (directory / name).is_file()]
     if missing:
@@ -89,23 +131,24 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> LC
             f"{directory} lacks {missing}; an LCT export holds {WEIGHTS} and {CONFIG} "
             "(write one with model.export.save_export)"
         )
-    cfg = config_from_dict(json.loads((directory / CONFIG).read_text()))
-    if isinstance(cfg, LCTConfig):
-        model = LCT(cfg)
-    else:
-        from .wan import build_wan
-
-        model = build_wan(cfg)
-    state = load_file(str(directory / WEIGHTS), device="cpu")
-    expected = model.state_dict()
-    absent, extra = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    wrong = [f"{k}: file {tuple(v.shape)} vs config {tuple(expected[k].shape)}"
-             for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    try:
+        cfg = config_from_dict(_read_json(directory / CONFIG))
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"{directory / CONFIG}: {e}") from e
+    shapes = weight_shapes(directory / WEIGHTS)
+    expected = {k: tuple(v.shape) for k, v in _build(cfg, "meta").state_dict().items()}
+    absent, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
+    wrong = [f"{k}: file {shapes[k]} vs config {expected[k]}" for k in sorted(shapes) if k in expected and shapes[k] != expected[k]]
     if absent or extra or wrong:
-        raise ValueError(
+        raise ExportError(
             f"{directory / WEIGHTS} does not match {directory / CONFIG}: missing {absent[:5]}, "
             f"unexpected {extra[:5]}, shape mismatches {wrong[:5]}"
         )
+    model = _build(cfg)
+    try:
+        state = load_file(str(directory / WEIGHTS), device="cpu")
+    except (SafetensorError, OSError) as e:      # header fine, data truncated
+        raise ExportError(f"{directory / WEIGHTS} is damaged ({e}); re-export the run with `lct train --out RUN --export-only`") from e
     model.load_state_dict(state, strict=True)
     return model.to(device).eval()
 
@@ -169,11 +212,19 @@ def export_dir(path: str | Path) -> Path:
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> InferenceBundle:
     """The model, its text encoder and codec, and what it was trained at, from a run or export dir."""
     directory = export_dir(path)
-    info = json.loads((directory / INFO).read_text())
-    codec_cfg = dict(info["codec"])
-    if codec_cfg.get("size") is not None:
-        codec_cfg["size"] = tuple(codec_cfg["size"])
-    codec = build_codec(LatentCodecConfig(**codec_cfg))
-    text = TextEncoder(TextEncoderConfig(**info["text"])).to(device)
+    info = _read_json(directory / INFO)
+    absent = [k for k in INFO_KEYS if k not in info]
+    if absent:
+        raise ExportError(f"{directory / INFO} lacks {absent} (an lct.json holds {list(INFO_KEYS)}); "
+                          "re-export the run with `lct train --out RUN --export-only`")
+    try:
+        codec_cfg = dict(info["codec"])
+        if codec_cfg.get("size") is not None:
+            codec_cfg["size"] = tuple(codec_cfg["size"])
+        codec_config, text_config = LatentCodecConfig(**codec_cfg), TextEncoderConfig(**info["text"])
+    except (TypeError, ValueError) as e:
+        raise ExportError(f"{directory / INFO}: its text or codec section is not valid ({e})") from e
+    codec = build_codec(codec_config)
+    text = TextEncoder(text_config).to(device)
     model = load_export(directory, device)
     return InferenceBundle(model, text, codec, int(info["frames"]), tuple(info["size"]), float(info["fps"]), info, directory)

@@ -4,7 +4,8 @@ import pickle
 import pytest
 import torch
 
-from model import load_export, save_export
+from model import LatentCodecConfig, TextEncoderConfig, load_export, save_export
+from model.export import ExportError, load_bundle, write_export
 from tests.model.test_lct import CFG, SHAPES, make_model, make_scene, run
 
 
@@ -56,3 +57,60 @@ def test_config_mismatch_is_a_teaching_error(tmp_path):
     path.write_text(json.dumps({**config, "dropout": 0.1}))
     with pytest.raises(ValueError, match=r"fields \['dropout'\] that LCTConfig does not know"):
         load_export(tmp_path)
+
+
+# -- hostile or damaged exports (issue 15 items 5, 6) ------------------------------------------------
+def test_a_hostile_config_is_refused_from_the_header_before_anything_is_allocated(tmp_path):
+    save_export(make_model(), tmp_path)
+    path = tmp_path / "config.json"
+    config = json.loads(path.read_text())
+    # ~3.3e12 parameters: building this model for real would try to allocate about 13 TB
+    path.write_text(json.dumps({**config, "width": 65536, "heads": 64, "depth": 64}))
+    with pytest.raises(ExportError, match=r"does not match .*shape mismatches"):
+        load_export(tmp_path)
+
+
+def test_a_corrupt_safetensors_file_is_named_without_pickle_advice(tmp_path):
+    save_export(make_model(), tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    for damaged in (b"\x00" * 64, data[: len(data) // 2], bytes(reversed(data[:4096]))):
+        weights.write_bytes(damaged)
+        with pytest.raises(ExportError, match=r"model.safetensors") as caught:
+            load_export(tmp_path)
+        assert "weights_only" not in str(caught.value) and "pickle" not in str(caught.value)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ExportError, match=r"config.json is not valid JSON"):
+        load_export(tmp_path)
+
+
+def test_an_lct_json_missing_keys_names_them(tmp_path):
+    write_export(make_model(), tmp_path / "export", text=TextEncoderConfig(), codec=LatentCodecConfig(size=(16, 16)),
+                 frames=4, fps=8.0, step=1)
+    info_path = tmp_path / "export" / "lct.json"
+    info = json.loads(info_path.read_text())
+    assert load_bundle(tmp_path).frames == 4
+    info_path.write_text(json.dumps({k: v for k, v in info.items() if k not in ("codec", "frames")}))
+    with pytest.raises(ExportError, match=r"lct.json lacks \['codec', 'frames'\]"):
+        load_bundle(tmp_path)
+    info_path.write_text(json.dumps({**info, "codec": {**info["codec"], "kind": 3, "bogus": 1}}))
+    with pytest.raises(ExportError, match=r"lct.json: its text or codec section is not valid"):
+        load_bundle(tmp_path)
+
+
+def test_cli_generate_exits_2_on_a_damaged_export(tmp_path):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    write_export(make_model(), tmp_path / "run" / "export", text=TextEncoderConfig(),
+                 codec=LatentCodecConfig(size=(16, 16)), frames=4, fps=8.0, step=1)
+    (tmp_path / "run" / "export" / "model.safetensors").write_bytes(b"garbage" * 10)
+    scene = tmp_path / "scene.yaml"
+    scene.write_text("global: a room\nshots:\n  - prompt: a shot\n")
+    result = CliRunner().invoke(app, ["generate", "--checkpoint", str(tmp_path / "run"), "--scene", str(scene),
+                                      "--out", str(tmp_path / "out")])
+    said = "".join(result.output.split())                     # rich wraps long lines, even inside a path
+    assert result.exit_code == 2, result.output
+    assert "model.safetensorsisnotareadablesafetensorsfile" in said and "weights_only" not in said
+    assert not (tmp_path / "out").exists()
