@@ -94,8 +94,10 @@ def free_port() -> int:
 @pytest.mark.parametrize("attention", ["bidirectional", "context_causal"])
 def test_sp2_equals_sp1(attention, tmp_path):
     path = str(tmp_path / "sp2.pt")
+    # spawn, not fork: the test process may be a Ray driver with live threads (the session's curated
+    # fixture), and a forked copy of it breaks both the children and the parent's Ray connection
     mp.start_processes(sp_worker, args=(2, free_port(), attention, path), nprocs=2, join=True,
-                       start_method="fork")
+                       start_method="spawn")
     got = torch.load(path, weights_only=True)
     out, grads = reference(attention)
     torch.testing.assert_close(got["out"], out, atol=1e-5, rtol=0)
