@@ -8,19 +8,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from model import LCT, PRESETS, Scene, Shot, collate
+from model import PRESETS, Scene, Shot, collate
+from tests.model.test_attention import make_model   # the same perturbed lct-debug model
 from training.sequence_parallel import UlyssesAttention, check_heads, shard_batch
 
 CFG = PRESETS["lct-debug"]                    # 4 heads: P = 2 gives each rank 2
-
-
-def make_model(attention: str) -> LCT:
-    torch.manual_seed(0)
-    model = LCT(CFG.with_(attention=attention))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.1 * torch.randn_like(p))             # leave adaLN-Zero: every path matters
-    return model
 
 
 def make_batch():
