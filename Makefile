@@ -22,7 +22,7 @@ demo: venv
 	$(VENV)/bin/lct demo --out demo-out
 
 test: venv
-	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q --durations=25 tests
 
 test-fast: venv
 	$(VENV)/bin/pytest -q -m "not slow" tests
