@@ -41,10 +41,10 @@ from model import LCT
 from model.export import config_to_dict, export_dir, write_export
 
 from .config import TrainConfig, deepspeed_config
+from .resume import STATE, TAG, UNIVERSAL_TAG   # the layout; training/resume.py checks a checkpoint before a resume
 
 log = logging.getLogger(__name__)
 
-TAG, UNIVERSAL_TAG, STATE = "ds", "ds_universal", "state.json"
 SAFE_GLOBALS = [LossScaler, DynamicLossScaler, fragment_address, ZeroStageEnum]
 
 
@@ -153,12 +153,6 @@ def read_state(directory: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{directory} has no {STATE}: it is not a complete lct checkpoint")
     return json.loads(path.read_text())
-
-
-def latest_checkpoint(checkpoints: Path) -> Path | None:
-    """The highest complete step-XXXXXX dir (one with state.json) under RUN/checkpoints, or None."""
-    done = sorted(p for p in checkpoints.glob("step-*") if p.is_dir() and (p / STATE).is_file())
-    return done[-1] if done else None
 
 
 def make_universal(directory: Path) -> None:

@@ -5,9 +5,10 @@
 RUN layout: config.yaml (the effective TrainConfig), deepspeed.json (what the engine uses at
 this world size), checkpoints/step-XXXXXX (Ray Train storage: RunConfig(storage_path=RUN,
 name="checkpoints")), metrics.jsonl, tb/, samples/, export/. Re-running with the same RUN
-resumes from the latest checkpoint; a dead worker restarts the group from it
-(FailureConfig(max_failures)). The DeepSpeed C++ ops are JIT-built once into
-TORCH_EXTENSIONS_DIR (default: .cache/torch_extensions beside the repo).
+resumes from the newest intact checkpoint (training/resume.py checks them first; a damaged one is
+passed over and said so); a dead worker restarts the group from the latest
+(FailureConfig(max_failures)). The DeepSpeed C++ ops are JIT-built once into TORCH_EXTENSIONS_DIR
+(default: .cache/torch_extensions beside the repo).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataprep.lock import writes_to
 
 from .config import TrainConfig, deepspeed_config, dump_yaml
 from .metrics import read_metrics
+from .resume import ResumeError, plan_resume
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +157,14 @@ def launch(
     warning = prepare_run(cfg, run_dir)
     if warning and on_status:
         on_status(f"WARNING: {warning}")
+    try:
+        resume = plan_resume(run_dir)    # every checkpoint checked before one is resumed from
+    except ResumeError as err:
+        raise TrainUsageError(str(err)) from err
+    for line in resume.describe():
+        log.warning(line)
+        if on_status:
+            on_status(f"WARNING: {line}")
     eng = cfg.engine
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(REPO / ".cache" / "torch_extensions"))
     dashboard = connect(eng.ray_address, eng.workers, eng.cpus_per_worker, eng.gpus_per_worker)
@@ -163,7 +173,8 @@ def launch(
     resources = {"CPU": eng.cpus_per_worker} | ({"GPU": eng.gpus_per_worker} if eng.gpus_per_worker else {})
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"config": cfg.model_dump(mode="json"), "run_dir": str(run_dir), "until": until, "ray": True},
+        train_loop_config={"config": cfg.model_dump(mode="json"), "run_dir": str(run_dir), "until": until, "ray": True,
+                           "resume_from": resume.resume_from},
         scaling_config=ScalingConfig(num_workers=eng.workers, use_gpu=bool(eng.gpus_per_worker), resources_per_worker=resources),
         run_config=RunConfig(
             name="checkpoints",

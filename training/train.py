@@ -37,11 +37,12 @@ from model.sampling import null_scene
 from .config import TrainConfig
 from .data import SceneLoader, SceneStream
 from .engine import (
-    EMA, build_model, export, init_engine, latest_checkpoint, load_checkpoint, make_universal,
-    prune_checkpoints, read_state, write_checkpoint,
+    EMA, build_model, export, init_engine, load_checkpoint, make_universal, prune_checkpoints, read_state,
+    write_checkpoint,
 )
 from .metrics import MetricsWriter, matmul_peak, peak_memory_mb, rank_state_mb, read_metrics, train_step_flops
 from .objective import add_noise, bucket_losses, drop_prompts, flow_loss, model_timesteps, sample_timesteps
+from .resume import choose_checkpoint
 from .samples import validation_scene, write_samples
 
 log = logging.getLogger("lct.train")
@@ -63,19 +64,24 @@ def reduce_over_ranks(loss: torch.Tensor, skipped: int) -> tuple[float, int]:
 
 
 @contextlib.contextmanager
-def resume_point(run_dir: Path, under_ray: bool):
-    """The checkpoint dir to resume from (None for a fresh run)."""
+def resume_point(run_dir: Path, under_ray: bool, resume_from: str | None = None):
+    """The checkpoint dir to resume from (None for a fresh run). Under Ray: the latest one Ray Train holds
+    (reported by this run, or from its run snapshot), else `resume_from` (the driver's choice when Ray's
+    latest was damaged, training/resume.py). A plain launcher takes the newest intact one itself."""
     if under_ray:
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is None:
-            yield None
+            yield Path(resume_from) if resume_from else None
         else:
             with checkpoint.as_directory() as directory:
                 yield Path(directory)
     else:
-        yield latest_checkpoint(run_dir / "checkpoints")
+        chosen, passed_over = choose_checkpoint(run_dir / "checkpoints")
+        for name, why in passed_over:
+            log.warning("checkpoint %s passed over: %s", name, why)
+        yield chosen
 
 
 def save(engine, run_dir: Path, step: int, state: dict, ema, metrics: dict, cfg: TrainConfig, under_ray: bool) -> None:
@@ -118,7 +124,7 @@ def train_worker(args: dict) -> None:
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
 
     # 2. Resume point: the latest checkpoint; another world size goes through a universal checkpoint.
-    with resume_point(run_dir, under_ray) as ckpt:
+    with resume_point(run_dir, under_ray, args.get("resume_from")) as ckpt:
         state = read_state(ckpt) if ckpt else None
         universal = bool(state) and state["world_size"] != world
         if universal:
