@@ -37,16 +37,20 @@ def attended_pairs(batch: Batch, attention: str) -> int:
 
 
 def train_step_flops(cfg: LCTConfig, batch: Batch) -> int:
-    """Analytic FLOPs of forward + backward: 2 x MACs of every matmul, backward = 2 x forward.
+    """Analytic FLOPs of forward + backward: 2 x MACs of every matmul; backward = 2 x forward
+    (input and weight gradients), except the layers fed by data (txt_in, vid_in, the first layer
+    of the t and pooled-text MLPs): their input needs no gradient, backward = 1 x forward.
 
     Attention counts only the pairs the mask allows (`attended_pairs`): counting context-causal
     attention as dense read MFU above 100% once the block kernel skipped the masked blocks.
+    tests/training/test_metrics.py checks the total against torch's FLOP counter of a real step.
     """
     B, Lt, Lv = batch.txt.shape[0], batch.txt.shape[1], batch.vid.shape[1]
     G = batch.pooled.shape[1]                                    # 1 + S groups per scene
     D, hidden = cfg.width, int(cfg.width * cfg.mlp_ratio)
-    macs = Lt * cfg.text_dim * D + Lv * cfg.patch_dim * D        # txt_in, vid_in
-    macs += (G - 1) * (256 * D + D * D) + G * (cfg.text_dim * D + D * D)  # t and pooled-text MLPs
+    first = Lt * cfg.text_dim * D + Lv * cfg.patch_dim * D       # txt_in, vid_in
+    first += (G - 1) * 256 * D + G * cfg.text_dim * D            # first layers of the t and pooled-text MLPs
+    macs = (G - 1) * D * D + G * D * D                           # their second layers
     for i in range(cfg.depth):
         for n, pre_only in ((Lt, i == cfg.depth - 1), (Lv, False)):
             macs += G * D * (2 if pre_only else 6) * D + n * D * 3 * D   # adaLN, QKV
@@ -56,7 +60,7 @@ def train_step_flops(cfg: LCTConfig, batch: Batch) -> int:
     # a shape-only batch (planning figures, SCALING.md) has no groups: every token real, dense
     pairs = attended_pairs(batch, cfg.attention) if hasattr(batch, "txt_group") else B * (Lt + Lv) ** 2
     attention = cfg.depth * 2 * pairs * D                        # QK^T and AV, all heads
-    return 3 * 2 * (B * macs + attention)
+    return 2 * 2 * B * first + 3 * 2 * (B * macs + attention)
 
 
 def matmul_peak(device: str, n: int = 1024, repeats: int = 4) -> float | None:
