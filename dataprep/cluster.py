@@ -132,17 +132,75 @@ def _stop_on_signals(record: Path | None) -> None:
             signal.signal(sig, stop)
 
 
+class RayAuthError(ConnectionError):
+    """The Ray cluster has token authentication on and this process sent no token, or the wrong one."""
+
+
+# how Ray 2.60 finds the token on the client (https://docs.ray.io/en/latest/ray-security/token-auth.html)
+TOKEN_SOURCES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")
+
+
+def token_source() -> str | None:
+    """Where Ray will read this process's token from (first of TOKEN_SOURCES that is set), or None."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return "RAY_AUTH_TOKEN"
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return f"RAY_AUTH_TOKEN_PATH={os.environ['RAY_AUTH_TOKEN_PATH']}"
+    home = Path("~/.ray/auth_token").expanduser()
+    return str(home) if home.is_file() else None
+
+
+def auth_failure(err: BaseException, address: str) -> RayAuthError | None:
+    """A teaching RayAuthError when joining `address` failed on token authentication, else None.
+
+    Ray 2.60 raises ray.exceptions.AuthenticationError when RAY_AUTH_MODE=token finds no token, and
+    ConnectionError("Failed to connect to Ray cluster") when the cluster rejects the call (no token
+    sent, or a wrong one); the AuthenticationError ("InvalidAuthToken") is then only in the chain's text.
+    """
+    from ray.exceptions import AuthenticationError
+
+    chain, e = [], err
+    while e is not None and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    if not any(isinstance(e, AuthenticationError) or "InvalidAuthToken" in str(e) for e in chain):
+        return None
+    get = "print it on the cluster's head node with `ray get-auth-token` (or read ~/.ray/auth_token there)"
+    mode = os.environ.get("RAY_AUTH_MODE", "")
+    if mode.lower() != "token":
+        return RayAuthError(
+            f"the Ray cluster at {address} has token authentication on (Ray 2.60's default for "
+            f"`ray start --head`) and this process sent no token (RAY_AUTH_MODE={mode or 'unset'}). Set "
+            "RAY_AUTH_MODE=token and give the cluster's token as RAY_AUTH_TOKEN=<token>, or RAY_AUTH_TOKEN_PATH=<file "
+            f"holding it>, or in ~/.ray/auth_token; {get}")
+    source = token_source()
+    if source is None:
+        return RayAuthError(
+            f"RAY_AUTH_MODE=token but no token was found to join the Ray cluster at {address}: set "
+            f"RAY_AUTH_TOKEN=<token>, or RAY_AUTH_TOKEN_PATH=<file holding it>, or write it to ~/.ray/auth_token; {get}")
+    return RayAuthError(
+        f"the Ray cluster at {address} rejected the token from {source}: it is not that cluster's token. "
+        f"Set RAY_AUTH_TOKEN to the cluster's token ({TOKEN_SOURCES[0]} wins over {TOKEN_SOURCES[1]} and "
+        f"{TOKEN_SOURCES[2]}); {get}")
+
+
 def connect(address: str | None = None, num_cpus: int | None = None, dashboard_host: str = "127.0.0.1") -> str | None:
     """Join `address` (or RAY_ADDRESS), or start a local Ray with its dashboard on `dashboard_host`.
 
     Reuses a Ray already initialised in this process. Returns the dashboard URL when Ray knows it.
+    Raises RayAuthError (what to set) when the cluster's token authentication refuses this process.
     """
     if ray.is_initialized():
         url = ray._private.worker.get_dashboard_url()  # no public getter once connected
     else:
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
-            context = ray.init(address=address, logging_level=logging.WARNING)
+            try:
+                context = ray.init(address=address, logging_level=logging.WARNING)
+            except Exception as err:
+                if (auth := auth_failure(err, address)) is not None:
+                    raise auth from None
+                raise
         else:
             clean_leftovers()
             context = ray.init(

@@ -112,6 +112,7 @@ def curate(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what each stage does."),
 ):
     """Curate films into WebDataset scene shards + a Parquet manifest (on Ray)."""
+    from dataprep.cluster import RayAuthError
     from dataprep.config import CurateConfig
     from dataprep.lock import OutputError
     from dataprep.run import CurateFailed, CurateUsageError, curate as run_curate
@@ -137,9 +138,9 @@ def curate(
                     bar.console.print(f"[yellow]failed[/yellow] {outcome.uri}: {outcome.reason}")
 
             summary = run_curate(inputs, out, cfg, on_film=on_film, on_status=_also_logged(bar.console.print))
-    except (FileNotFoundError, CurateUsageError, SourceError, OutputError) as e:
+    except (FileNotFoundError, CurateUsageError, SourceError, OutputError, RayAuthError) as e:
         # inputs that match nothing or cannot be listed, resources the cluster lacks, an --out in use or
-        # unwritable, or one that takes no more bytes (disk full mid-run)
+        # unwritable, or one that takes no more bytes (disk full mid-run), a cluster refusing our token
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     except CurateFailed as e:
@@ -287,6 +288,7 @@ def train(
     export_only: bool = typer.Option(False, "--export-only", help="Write RUN/export from the latest checkpoint, no training."),
 ):
     """Train the LCT model with DeepSpeed ZeRO on Ray Train workers (checkpoints, resume, export)."""
+    from dataprep.cluster import RayAuthError
     from dataprep.lock import OutputError
     from training.config import TrainConfig
     from training.launch import TrainUsageError, check, launch, prepare_run
@@ -323,7 +325,7 @@ def train(
                 bar.update(task, completed=m["step"], note=note)
 
             result = launch(cfg, out, until=until, on_metrics=on_metrics, on_status=_also_logged(bar.console.print))
-    except (TrainUsageError, OutputError) as e:  # OutputError: RUN is written by another run, or unwritable
+    except (TrainUsageError, OutputError, RayAuthError) as e:  # OutputError: RUN is written by another run, or unwritable
         console.print(f"[red]error:[/red] {e}")
         raise typer.Exit(2)
     except RuntimeError as e:
