@@ -8,6 +8,7 @@ Unknown keys are an error (a typo in a YAML file must not be silently ignored).
 from __future__ import annotations
 
 import difflib
+import os
 import typing
 from pathlib import Path
 from typing import Literal
@@ -241,6 +242,17 @@ class CurateConfig(_Strict):
     @classmethod
     def from_yaml(cls, path: str | Path) -> "CurateConfig":
         return load_yaml(cls, path)
+
+    def with_absolute_paths(self) -> "CurateConfig":
+        """The weights given as local files (embed.pretrained, caption.coca_pretrained: a tag or a path) made
+        absolute, relative to where the command runs: the Ray actors that load them run elsewhere."""
+        def local(value: str | None) -> str | None:
+            return os.path.abspath(os.path.expanduser(value)) if value and os.path.exists(os.path.expanduser(value)) else value
+
+        return self.model_copy(update={
+            "embed": self.embed.model_copy(update={"pretrained": local(self.embed.pretrained)}),
+            "caption": self.caption.model_copy(update={"coca_pretrained": local(self.caption.coca_pretrained)}),
+        })
 
 
 def set_dotted(data: dict, overrides: dict) -> dict:

@@ -29,6 +29,12 @@ def is_url(text: str) -> bool:
     return "://" in text and not text.startswith("file://")
 
 
+def absolute(uri: str) -> str:
+    """A local path or glob made absolute (`~` expanded); a URL unchanged. The CLI and the flows apply it
+    to every path a user gives: Ray workers and Ray jobs run in other folders than the user's."""
+    return uri if is_url(uri) else os.path.abspath(os.path.expanduser(uri))
+
+
 def _walk_local(root: Path, extensions: tuple[str, ...]) -> list[str]:
     found = []
     for dirpath, _dirs, files in os.walk(root):

@@ -116,14 +116,16 @@ def curate(
     from dataprep.config import CurateConfig
     from dataprep.lock import OutputError
     from dataprep.run import CurateFailed, CurateUsageError, curate as run_curate
-    from dataprep.sources import SourceError
+    from dataprep.sources import SourceError, absolute
 
     terminal_level(logging.INFO if verbose else logging.WARNING)
     cfg = _load_config(
         CurateConfig,
         config,
         {"ray.address": ray_address, "ray.num_cpus": num_cpus, "max_failure_rate": max_failure_rate},
-    )
+    ).with_absolute_paths()
+    # Ray workers run in other folders: every user path becomes absolute here, at the boundary
+    inputs, out = [absolute(i) for i in inputs], out.resolve()
     counts = {"ok": 0, "failed": 0, "skipped": 0}
     try:
         with _progress() as bar:
@@ -391,6 +393,7 @@ def generate(
     """Generate a multi-shot scene from a scene file with a trained LCT checkpoint."""
     from training.generate import MODES, SceneError, generate as run_generate, load_scene, plan_scene, write_outputs
 
+    checkpoint, scene, out = checkpoint.resolve(), scene.resolve(), out.resolve()   # recorded in generation.json
     if mode is not None and mode not in MODES:   # the option is wrong, not the scene file
         console.print(f"[red]error:[/red] --mode {mode!r} is not a mode; choose one of {', '.join(MODES)}")
         raise typer.Exit(2)
@@ -435,6 +438,8 @@ def eval_(
     """Generate held-out scenes in every mode and score consistency, text alignment and smoothness vs the real ones."""
     from training.evaluate import MODES, evaluate
 
+    checkpoint, data, out = checkpoint.resolve(), data.resolve(), out.resolve()       # recorded in eval.json
+    ablation = ablation.resolve() if ablation else None
     bad = [m for m in modes if m not in MODES]
     if bad:
         console.print(f"[red]error:[/red] unknown --modes {bad}; choose from {list(MODES)}")

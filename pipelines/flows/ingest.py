@@ -36,7 +36,7 @@ from dataprep import manifest
 from dataprep.config import CurateConfig, load_yaml
 from dataprep.dataset import DatasetCheck, check_dataset
 from dataprep.run import CurateFailed, CurateUsageError
-from dataprep.sources import list_films
+from dataprep.sources import absolute, list_films
 from pipelines.flows.common import is_jobs_address, run_ray_job
 
 TABLE_KEY, SUMMARY_KEY = "ingest-films", "ingest-summary"
@@ -65,6 +65,9 @@ def ingest(
         max_failure_rate: Fail when more than this share of the films attempted failed (0-1);
             None = the config's value.
     """
+    # the paths a user gives, absolute (the flow runner's cwd): a Ray job runs `lct curate` in its own folder
+    sources, out = [absolute(s) for s in sources], absolute(out)
+    config = absolute(config) if isinstance(config, str) else config
     cfg = effective_config(config, ray_address, max_failure_rate)
     params = {"sources": sources, "out": out, "config": config, "ray_address": ray_address,
               "max_failure_rate": max_failure_rate}
@@ -226,7 +229,7 @@ def effective_config(config: str | dict | None, ray_address: str | None, max_fai
         data["ray"]["address"] = ray_address
     if max_failure_rate is not None:
         data["max_failure_rate"] = max_failure_rate
-    return CurateConfig.model_validate(data)
+    return CurateConfig.model_validate(data).with_absolute_paths()
 
 
 def diff_films(uris: list[str], out: Path) -> FilmDiff:

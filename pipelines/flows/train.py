@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from prefect.artifacts import create_markdown_artifact
 
 from dataprep.config import explain, load_yaml, set_dotted
+from dataprep.sources import absolute
 from pipelines.flows.common import is_jobs_address, run_ray_job
 from pipelines.plot import training_charts
 from training.config import TrainConfig, dump_yaml
@@ -67,6 +68,10 @@ def train(
         init_from: Start from the weights of this run or export.
         ray_address: None = local Ray; ray://host:10001 or auto = join; http://host:8265 = Ray job.
     """
+    # the paths a user gives, absolute (the flow runner's cwd): Ray Train workers and Ray jobs run elsewhere
+    data, out = absolute(data), absolute(out)
+    config = absolute(config) if isinstance(config, str) else config
+    init_from = absolute(init_from) if init_from else None
     params = dict(preset=preset, workers=workers, zero_stage=zero_stage, gpus_per_worker=gpus_per_worker,
                   precision=precision, steps=steps, attention=attention, init_from=init_from)
     cfg = check_training_config(data, out, config, config_overrides(params))

@@ -133,3 +133,40 @@ def test_a_mistyped_mode_blames_the_option_not_the_scene(tmp_path):
     text = " ".join((result.stdout + result.stderr).split())
     assert result.returncode == 2 and "--mode 'joitn'" in text and "joint" in text, text
     assert "invalid scene" not in text and "cannot load the checkpoint" not in text, text
+
+
+@pytest.mark.slow
+def test_cli_curate_resolves_relative_paths(tmp_path, monkeypatch):
+    """`lct curate films --out ds --config c.yaml` with `embed.pretrained: weights/clip.safetensors`, all relative to
+    where the user stands, while the Ray workers run in another folder (a Ray started before the cd): the
+    weights load in the embedding actor and the dataset records absolute paths."""
+    import json
+
+    import open_clip
+    import pyarrow.parquet as pq
+    import ray
+    import torch
+    import yaml
+    from safetensors.torch import save_file
+    from typer.testing import CliRunner
+
+    from dataprep.synthetic import SynthConfig, make_films
+    from pipelines.cli import app
+    from tests.conftest import FAST_CURATION
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    make_films(SynthConfig(n_films=1, seed=5, max_film_seconds=6.0, sizes=[(128, 96)]), tmp_path / "films")
+    torch.manual_seed(1)
+    (tmp_path / "weights").mkdir()
+    save_file(open_clip.create_model(FAST_CURATION["embed"]["model"]).state_dict(), str(tmp_path / "weights" / "clip.safetensors"))
+    config = {**FAST_CURATION, "embed": {**FAST_CURATION["embed"], "pretrained": "weights/clip.safetensors"}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["curate", "films", "--out", "ds", "--config", "c.yaml"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert summary["embed"]["random_init"] is False
+    assert summary["config"]["embed"]["pretrained"] == str(tmp_path / "weights" / "clip.safetensors")
+    films = pq.read_table(tmp_path / "ds" / "manifest" / "films.parquet").to_pylist()
+    assert [f["status"] for f in films] == ["ok"] and films[0]["uri"].startswith(str(tmp_path / "films"))

@@ -209,14 +209,17 @@ def ray_cluster():
 
 
 @pytest.mark.slow
-def test_ingest_as_a_ray_job_through_the_jobs_api(prefect_server, ray_cluster, films, tmp_path):
+def test_ingest_as_a_ray_job_through_the_jobs_api(prefect_server, ray_cluster, films, tmp_path, monkeypatch):
+    """Given paths relative to where the flow runs: the job's `lct curate` runs in its own working_dir."""
     from ray.job_submission import JobSubmissionClient
 
     from pipelines.flows.ingest import SUMMARY_KEY, check_dataset, ingest
 
     film = sorted(films.glob("*.mp4"))[0]
     out = tmp_path / "dataset"
-    state = ingest(sources=[str(film)], out=str(out), config=FAST_CURATION, ray_address=ray_cluster, return_state=True)
+    monkeypatch.chdir(tmp_path)
+    state = ingest(sources=[os.path.relpath(film, tmp_path)], out="dataset", config=FAST_CURATION,
+                   ray_address=ray_cluster, return_state=True)
     assert state.is_completed(), state
     report = state.result()
     assert report["ok"] == 1 and report["ray_job"] and report["dashboard"] == ray_cluster

@@ -13,11 +13,15 @@ TINY = {
 
 
 @pytest.mark.slow
-def test_train_flow_trains_and_publishes_its_report(prefect_server, curated, tmp_path):
+def test_train_flow_trains_and_publishes_its_report(prefect_server, curated, tmp_path, monkeypatch):
+    """Given paths relative to where the flow runs (the Ray Train workers run elsewhere)."""
+    import os
+
     from pipelines.flows.train import summary_key, train
 
     run = tmp_path / "run"
-    state = train(data=str(curated), out=str(run), config=TINY, return_state=True)
+    monkeypatch.chdir(tmp_path)
+    state = train(data=os.path.relpath(curated, tmp_path), out="run", config=TINY, return_state=True)
     assert state.is_completed(), state
     result = state.result()
     assert result["step"] == 4 and result["export"] and (run / "loss.png").is_file()

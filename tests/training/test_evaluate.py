@@ -117,3 +117,19 @@ def test_eval_criteria_and_intervals(curated, tmp_path):
         assert scene["scored"] == scene["shots"] - 1                          # the given shot is excluded
     assert len(report["per_scene"]["joint"]) == 3 * 2                         # scenes x seeds
     assert "## Criteria" in (tmp_path / "eval" / "eval.md").read_text()
+
+
+@pytest.mark.slow
+def test_cli_eval_resolves_relative_paths(curated, tmp_path, monkeypatch):
+    """--checkpoint, --data and --out relative to where the user stands: eval.json records absolute paths."""
+    import os
+
+    make_checkpoint(tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["eval", "--checkpoint", "run", "--data", os.path.relpath(curated, tmp_path),
+                                      "--out", "eval-rel", "--scenes", "1", "--seeds", "1", "--steps", "1",
+                                      "--modes", "joint", "--no-probe"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "eval-rel" / "eval.json").read_text())
+    assert report["checkpoint"]["path"] == str((tmp_path / "run" / "export").resolve())
+    assert report["data"] == str(curated.resolve())

@@ -273,3 +273,16 @@ def test_cli_refuses_an_absurd_allocation_with_the_figure(run_dir, tmp_path):
     assert result.exit_code == 2, result.output
     assert "GiB" in said and "needs about" in said and "free" in said, said
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_generate_resolves_relative_paths(run_dir, tmp_path, monkeypatch):
+    """--checkpoint, --scene and --out relative to where the user stands: generation.json records absolute paths."""
+    import os
+
+    write_scene(tmp_path / "scenes", SHOTS[:1])
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["generate", "--checkpoint", os.path.relpath(run_dir, tmp_path), "--scene",
+                                      "scenes/scene.yaml", "--out", "out-rel", "--steps", "1"])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out-rel" / "generation.json").read_text())
+    assert record["checkpoint"]["path"] == str((run_dir / "export").resolve())

@@ -87,6 +87,36 @@ def test_resume_equals_uninterrupted(curated, straight, tmp_path):
     assert json.loads((run / "checkpoints" / "step-000008" / "state.json").read_text())["world_size"] == 1
 
 
+def test_a_truncated_newest_state_json_resumes_from_the_previous_checkpoint(straight, tmp_path):
+    """Damage step 6 of a finished run: re-running passes it over (and says so), resumes at step 3 and
+    retrains steps 4-6 to the uninterrupted losses; with every checkpoint damaged `lct train` exits 2."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(straight, run)
+    state = run / "checkpoints" / "step-000006" / "state.json"
+    state.write_text(state.read_text()[:100])
+    said = []
+    result = launch(TrainConfig.model_validate(__import__("yaml").safe_load((run / "config.yaml").read_text())), run,
+                    on_status=said.append)
+    assert result.step == 6
+    told = "\n".join(said)
+    assert "step-000006 passed over" in told and "not valid JSON" in told and "resuming from step-000003" in told
+    assert (run / "checkpoints" / "damaged" / "step-000006").is_dir()      # kept for a look, never loaded
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6, 4, 5, 6]                     # resumed at 3, not 0, not 6
+    a, b = losses(straight), losses(run)
+    for step in (4, 5, 6):
+        assert abs(a[step] - b[step]) < 1e-5, (step, a[step], b[step])
+
+    for checkpoint in (run / "checkpoints").glob("step-*"):
+        (checkpoint / "state.json").write_text("{")
+    refused = CliRunner().invoke(app, ["train", "--out", str(run)])
+    assert refused.exit_code == 2, refused.output
+    assert "no checkpoint" in flat(refused.output) and "can be resumed from" in flat(refused.output)
+    assert "move" in flat(refused.output) and "aside" in flat(refused.output)
+
+
 def test_zero3_export_loads_without_deepspeed_and_matches(curated, tmp_path):
     run = tmp_path / "z3"
     result = launch(config(curated, engine={"zero_stage": 3}, schedule={"steps": 3, "checkpoint_every": 3}), run)
