@@ -136,7 +136,7 @@ class RayAuthError(ConnectionError):
     """The Ray cluster has token authentication on and this process sent no token, or the wrong one."""
 
 
-# how Ray 2.60 finds the token on the client (https://docs.ray.io/en/latest/ray-security/token-auth.html)
+# where Ray reads the client's token, highest precedence first (Ray's token-authentication docs)
 TOKEN_SOURCES = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token")
 
 
@@ -169,8 +169,8 @@ def auth_failure(err: BaseException, address: str) -> RayAuthError | None:
     mode = os.environ.get("RAY_AUTH_MODE", "")
     if mode.lower() != "token":
         return RayAuthError(
-            f"the Ray cluster at {address} has token authentication on (Ray 2.60's default for "
-            f"`ray start --head`) and this process sent no token (RAY_AUTH_MODE={mode or 'unset'}). Set "
+            f"the Ray cluster at {address} has token authentication on and this process sent no token "
+            f"(RAY_AUTH_MODE={mode or 'unset'} here). Set "
             "RAY_AUTH_MODE=token and give the cluster's token as RAY_AUTH_TOKEN=<token>, or RAY_AUTH_TOKEN_PATH=<file "
             f"holding it>, or in ~/.ray/auth_token; {get}")
     source = token_source()

@@ -247,7 +247,8 @@ class CurateConfig(_Strict):
         """The weights given as local files (embed.pretrained, caption.coca_pretrained: a tag or a path) made
         absolute, relative to where the command runs: the Ray actors that load them run elsewhere."""
         def local(value: str | None) -> str | None:
-            return os.path.abspath(os.path.expanduser(value)) if value and os.path.exists(os.path.expanduser(value)) else value
+            path = os.path.expanduser(value) if value else None
+            return os.path.abspath(path) if path and os.path.exists(path) else value
 
         return self.model_copy(update={
             "embed": self.embed.model_copy(update={"pretrained": local(self.embed.pretrained)}),
