@@ -203,8 +203,8 @@ def connect(address: str | None = None, num_cpus: int | None = None, dashboard_h
                 raise
         else:
             clean_leftovers()
-            context = ray.init(
-                num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host, logging_level=logging.WARNING
+            context = ray.init(  # "local": never join a cluster `ray start` left on this machine
+                address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=dashboard_host, logging_level=logging.WARNING
             )
             _stop_on_signals(_record_session())
         url = context.dashboard_url

@@ -38,7 +38,7 @@ def curated(tmp_path_factory) -> Path:
     films = tmp_path_factory.mktemp("curated-films")
     make_films(SynthConfig(n_films=4, seed=11), films)
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     cfg = CurateConfig.model_validate({**FAST_CURATION, "clips": {**FAST_CURATION["clips"], "fps": 8.0}})
     out = tmp_path_factory.mktemp("curated") / "dataset"
     summary = curate([str(films)], out, cfg)

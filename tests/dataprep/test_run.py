@@ -33,7 +33,7 @@ def fast_config(**overrides) -> CurateConfig:
 @pytest.fixture(scope="session")
 def ray_local():
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
 

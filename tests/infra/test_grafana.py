@@ -82,7 +82,7 @@ def test_training_gauges_reach_rays_prometheus_endpoint_under_the_dashboards_nam
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="WARNING")
     try:
         run = tmp_path / "run-gauges"
         run.mkdir()

@@ -155,7 +155,7 @@ def test_cli_curate_resolves_relative_paths(tmp_path, monkeypatch):
     from tests.conftest import FAST_CURATION
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     make_films(SynthConfig(n_films=1, seed=5, max_film_seconds=6.0, sizes=[(128, 96)]), tmp_path / "films")
     torch.manual_seed(1)
     (tmp_path / "weights").mkdir()

@@ -26,7 +26,7 @@ def local_ray():
     """The flow reuses a Ray already running in its process (and then leaves it running)."""
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
     if started:
         ray.shutdown()

@@ -11,7 +11,7 @@ def test_gpu_workers_on_a_local_ray_without_gpus_are_refused(monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
         if ray.cluster_resources().get("GPU", 0):
             pytest.skip("this machine's Ray has GPUs")
