@@ -39,6 +39,7 @@ class FilmResult:
     clips: list[ShotClip] = field(default_factory=list)  # one per kept span, in order
     sidecar: object | None = None  # dataprep.caption.Sidecar
     seconds: float = 0.0
+    node: str | None = None  # the Ray node id that ran the film task (set by dataprep.run)
 
     @property
     def ok(self) -> bool:

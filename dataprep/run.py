@@ -93,10 +93,17 @@ def connect(cfg: RayConfig) -> str | None:
     return cluster.connect(cfg.address, cfg.num_cpus, cfg.dashboard_host)
 
 
+def film_on_node(uri: str, cfg: CurateConfig, cache_dir: Path) -> FilmResult:
+    """The film task: process_film, tagged with the Ray node that ran it (dataset.json `film_nodes`)."""
+    result = process_film(uri, cfg, cache_dir)
+    result.node = ray.get_runtime_context().get_node_id()
+    return result
+
+
 def _stages(cfg: CurateConfig):
     """Every Ray resource decision of the curation, in one place."""
     r = cfg.ray
-    film_task = ray.remote(process_film).options(num_cpus=r.film_cpus, max_retries=r.task_retries)
+    film_task = ray.remote(film_on_node).options(num_cpus=r.film_cpus, max_retries=r.task_retries)
     embed_actor = ray.remote(EmbedWorker).options(
         num_cpus=r.embed_cpus, num_gpus=r.embed_gpus, max_restarts=2, max_task_retries=2
     )
@@ -198,6 +205,7 @@ class _Run:
 def _filmed(run: _Run, film: _Film, result: FilmResult) -> None:
     """film task -> embed the kept shots' keyframes (or fail / skip the film)."""
     film.result = result
+    run.tally.film_nodes[film.uri] = result.node
     if not result.ok:
         return _fail(run, film, "failed", result.error)
     if result.film_id in run.seen_ids:

@@ -52,6 +52,7 @@ class Tally:
     caption_sources: Counter = field(default_factory=Counter)  # sidecar | vlm | coca | none, per shot
     vlm_failures: int = 0  # scenes whose VLM call failed
     caption_scenes: Counter = field(default_factory=Counter)  # scenes written by caption status (caption_film)
+    film_nodes: dict[str, str | None] = field(default_factory=dict)  # uri -> Ray node id of its film task
 
 
 @dataclass
@@ -103,6 +104,7 @@ def write_summary(out_dir: Path, cfg: CurateConfig, summary: CurateSummary, shar
         "counts": summary.totals,
         "this_run": summary.counts | {"failure_rate": summary.failure_rate},
         "failures": [{"uri": u, "reason": r} for u, r in summary.failures],
+        "film_nodes": tally.film_nodes,  # this run: film uri -> the Ray node id that decoded it
         "shards": shards,
         "embed": info.embed,
         "scene_similarity": info.scene_similarity,

@@ -4,7 +4,8 @@
 
 RUN layout: config.yaml (the effective TrainConfig), deepspeed.json (what the engine uses at
 this world size), checkpoints/step-XXXXXX (Ray Train storage: RunConfig(storage_path=RUN,
-name="checkpoints")), metrics.jsonl, tb/, samples/, export/. Re-running with the same RUN
+name="checkpoints")), metrics.jsonl, workers.jsonl (each worker's rank and Ray node, one line
+per start of the group), tb/, samples/, export/. Re-running with the same RUN
 resumes from the newest intact checkpoint (training/resume.py checks them first; a damaged one is
 passed over and said so); a dead worker restarts the group from the latest
 (FailureConfig(max_failures)). The DeepSpeed C++ ops are JIT-built once into TORCH_EXTENSIONS_DIR
@@ -209,7 +210,31 @@ def launch(
 def _worker(args: dict) -> None:
     from .train import train_worker
 
+    record_placement(Path(args["run_dir"]))
     train_worker(args)
+
+
+def record_placement(run_dir: Path) -> None:
+    """Append this worker's {rank, world_size, node_id, node_ip, pid, time} to RUN/workers.jsonl.
+
+    One line per worker per (re)start of the group: where each rank ran, and where a restarted
+    group went after a node was lost.
+    """
+    import ray
+    import ray.train
+
+    context = ray.train.get_context()
+    line = {"rank": context.get_world_rank(), "world_size": context.get_world_size(),
+            "node_id": ray.get_runtime_context().get_node_id(), "node_ip": ray.util.get_node_ip_address(),
+            "pid": os.getpid(), "time": time.time()}
+    with (run_dir / "workers.jsonl").open("a") as f:   # one short O_APPEND write per line
+        f.write(json.dumps(line) + "\n")
+
+
+def read_placement(run_dir: str | Path) -> list[dict]:
+    """RUN/workers.jsonl as written by record_placement (empty before the first start)."""
+    path = Path(run_dir) / "workers.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def _relay(run_dir: Path, on_metrics: Callable[[dict], None], done: threading.Event) -> None:
