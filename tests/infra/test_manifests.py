@@ -345,75 +345,95 @@ def test_the_auth_variables_are_the_ones_ray_reads():
     assert "`RAY_AUTH_TOKEN` environment variable" in inspect.getsource(ray.exceptions.AuthenticationError)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_a_head_started_with_the_manifest_env_rejects_jobs_api_calls_without_the_token(tmp_path):
-    """`ray start --head` with the RAY_AUTH_* variables the manifests give (the Secret's value here is a
-    fresh random token): the Jobs API answers 401 without it and 200 with it. Stopped by signalling
-    our own `ray start --block` (never `ray stop`, which stops every Ray on the machine)."""
-    import os
+    """`ray start --head` (tests/_ray.py) with the RAY_AUTH_* variables the manifests give (the
+    Secret's value here is a fresh random token): the Jobs API answers 401 without it and 200 with it."""
     import secrets
-    import shutil
-    import signal
-    import subprocess
-    import tempfile
-    import time
     import urllib.error
     import urllib.request
 
+    from tests._ray import ray_head
+
     head = next(c for c in _containers(_load("k8s/raycluster.yaml")) if c["name"] == "ray-head")
     env_names = {e["name"]: e.get("value") for e in head["env"]}
-    token = secrets.token_hex(16)
-    bin_dir = Path(sys.executable).parent
-    temp_dir = tempfile.mkdtemp(prefix="lct-auth-", dir="/tmp")
-    ports = {name: _free_port() for name in ("port", "dashboard-port", "dashboard-agent-listen-port",
-                                             "dashboard-agent-grpc-port", "runtime-env-agent-port",
-                                             "metrics-export-port", "ray-client-server-port",
-                                             "node-manager-port", "object-manager-port")}
-    command = [str(bin_dir / "ray"), "start", "--head", "--block", "--num-cpus", "1", "--disable-usage-stats",
-               "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--temp-dir", temp_dir]
-    for name, port in ports.items():
-        command += [f"--{name}", str(port)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
-    env |= {"RAY_AUTH_MODE": env_names["RAY_AUTH_MODE"], "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0",
-            "HOME": str(tmp_path), "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     assert "RAY_AUTH_TOKEN" in env_names
-    log = open(Path(temp_dir) / "ray-start.log", "w")
-    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{ports['dashboard-port']}/api/jobs/"
+    token = secrets.token_hex(16)
+    bearer = {"Authorization": f"Bearer {token}"}
+    env = {"RAY_AUTH_MODE": env_names["RAY_AUTH_MODE"], "RAY_AUTH_TOKEN": token, "HOME": str(tmp_path)}
 
-    def status(headers: dict) -> int:
+    def status(url: str, headers: dict) -> int:
         try:
-            return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5).status
+            return urllib.request.urlopen(urllib.request.Request(f"{url}/api/jobs/", headers=headers), timeout=5).status
         except urllib.error.HTTPError as err:
             return err.code
 
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with_token = status({"Authorization": f"Bearer {token}"})
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"ray start failed:\n{Path(log.name).read_text()[-3000:]}")
-                time.sleep(1)
-        assert with_token == 200
-        assert status({}) in (401, 403)
-        assert status({"Authorization": "Bearer not-the-token"}) in (401, 403)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with ray_head(num_cpus=1, env=env, headers=bearer) as url:
+        assert status(url, bearer) == 200
+        assert status(url, {}) in (401, 403)
+        assert status(url, {"Authorization": "Bearer not-the-token"}) in (401, 403)
+
+
+# -- NCCL across nodes: SP's all-to-all and ZeRO's collectives (issue 13 part 3) ------------------
+NCCL_K8S = {"NCCL_DEBUG": "WARN", "NCCL_SOCKET_IFNAME": "^lo,docker", "NCCL_IB_HCA": "mlx5", "NCCL_IB_DISABLE": "0",
+            "GLOO_SOCKET_IFNAME": "eth0", "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+NCCL_VMS = {"NCCL_DEBUG": "WARN", "NCCL_SOCKET_IFNAME": "^lo,docker", "NCCL_IB_DISABLE": "1",
+            "TORCH_NCCL_ASYNC_ERROR_HANDLING": "1"}
+
+
+def _gpu_group(path: str) -> dict:
+    doc = _load(path)
+    spec = doc["spec"] if doc["kind"] == "RayCluster" else doc["spec"]["rayClusterSpec"]
+    return next(g for g in spec["workerGroupSpecs"] if g["groupName"] == "gpu")
+
+
+@pytest.mark.parametrize("path", ["k8s/raycluster.yaml", "k8s/rayjob-train.yaml"])
+def test_kuberay_gpu_workers_carry_the_nccl_settings(path):
+    containers = _containers(_gpu_group(path))
+    assert containers
+    for c in containers:
+        env = {e["name"]: e.get("value") for e in c["env"]}
+        assert {k: env.get(k) for k in NCCL_K8S} == NCCL_K8S, (path, c["name"])
+    pod = _gpu_group(path)["template"]["spec"]
+    shm = next(v for v in pod["volumes"] if v["name"] == "dshm")   # NCCL's intra-node buffers live in /dev/shm
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert all({"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"] for c in containers)
+
+
+def test_ray_up_workers_carry_the_nccl_settings():
+    docker = _load("ray/cluster.yaml")["docker"]
+    env = dict(option.split(None, 1)[1].split("=", 1) for option in docker["worker_run_options"]
+               if option.startswith("-e "))
+    assert {k: env.get(k) for k in NCCL_VMS} == NCCL_VMS, env
+    assert any(o.startswith("--shm-size=") for o in docker["run_options"])
+
+
+def test_the_nccl_variables_are_ones_the_libraries_read():
+    """Each name is in the binary that reads it (a typo would be ignored silently at run time)."""
+    import torch
+
+    torch_lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    names = set(NCCL_K8S) | set(NCCL_VMS)
+    for name in ("GLOO_SOCKET_IFNAME", "TORCH_NCCL_ASYNC_ERROR_HANDLING"):
+        assert name.encode() in torch_lib.read_bytes(), name
+    nccl = sorted(Path(torch.__file__).parents[1].glob("nvidia/nccl/lib/libnccl.so*"))
+    if not nccl:
+        pytest.skip("no libnccl in this environment (CPU-only torch)")
+    data = nccl[0].read_bytes()
+    for name in sorted(n for n in names if n.startswith("NCCL_")):
+        assert name.encode() in data, name
+
+
+def _documented_sp_commands() -> list[str]:
+    """The `lct train` lines of infra/SCALING.md's "Running SP across nodes" section."""
+    section = (INFRA / "SCALING.md").read_text().split("## 6. Running SP across nodes", 1)[1].split("\n## ", 1)[0]
+    return [line.split("-- ", 1)[1] for line in section.splitlines() if "-- lct train" in line]
+
+
+def test_the_documented_sp_command_is_a_real_lct_command():
+    commands = _documented_sp_commands()
+    assert commands and all("--sp " in c for c in commands)
+    if "--sp" not in _cli().get("train", set()):
+        pytest.skip("`lct train --sp` is not in this tree yet (issue 13 part 1)")
+    for command in commands:
+        _check_lct_command(command)
