@@ -4,19 +4,14 @@ in-process Ray, the failure-rate policy, and `lct curate` submitted through the 
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import ray
 
 from dataprep.synthetic import SynthConfig, make_films
+from tests._ray import ray_head
 from tests.conftest import FAST_CURATION
 from tests.pipelines.conftest import flow_run_artifacts
 
@@ -154,58 +149,13 @@ def test_failure_rate_over_the_limit_fails_the_run_but_publishes_the_report(inge
     assert "FAILED" in summary and "broken.mp4" in summary and "not a video" in summary
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A separate single-node Ray cluster with its dashboard + job server, as `ray start` makes it.
-
-    Every port is chosen free (other Ray instances may run on this machine) and the session
-    lives in its own temp dir. Token auth is disabled for it (RAY_AUTH_MODE=disabled): with
-    the Ray 2.60 default the submitting process would need RAY_AUTH_MODE=token and the token.
-    Stopped by signalling our `ray start --block` process (never `ray stop`: it stops every
-    Ray on the machine).
-    """
-    bin_dir = Path(sys.executable).parent
-    temp_dir = tempfile.mkdtemp(prefix="lct-ray-", dir="/tmp")  # short: Ray's unix sockets live under it
-    ports = {name: _free_port() for name in ("port", "dashboard-port", "dashboard-agent-listen-port",
-                                             "dashboard-agent-grpc-port", "runtime-env-agent-port",
-                                             "metrics-export-port", "ray-client-server-port",
-                                             "node-manager-port", "object-manager-port")}
-    command = [str(bin_dir / "ray"), "start", "--head", "--block", "--num-cpus", "2", "--disable-usage-stats",
-               "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--temp-dir", temp_dir]
-    for name, port in ports.items():
-        command += [f"--{name}", str(port)]
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
-               PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    env.pop("RAY_ADDRESS", None)
-    log = open(Path(temp_dir) / "ray-start.log", "w")
-    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{ports['dashboard-port']}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/version", timeout=5)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"ray start failed:\n{Path(log.name).read_text()[-3000:]}")
-                time.sleep(1)
+    """A separate single-node Ray cluster with its dashboard + job server (tests/_ray.py). Token
+    auth is disabled for it (RAY_AUTH_MODE=disabled): with the Ray 2.60 default the submitting
+    process would need RAY_AUTH_MODE=token and the token."""
+    with ray_head(num_cpus=2, env={"RAY_AUTH_MODE": "disabled"}) as url:
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)  # `ray start --block` drains and stops its processes
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.mark.slow
