@@ -46,7 +46,7 @@ def two_nodes():
         ray.shutdown()
         cluster.shutdown()
         if was_local:   # as tests/conftest.py `curated` started it
-            ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+            ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
 
 
 def node_ids(cluster: Cluster) -> set[str]:
