@@ -1,8 +1,8 @@
 """Prefect deployments of the lct flows and their schedules: `lct flows serve [--config FILE]`.
 
     ingest      on a cron schedule (default nightly at 02:00 UTC) over a watch folder / bucket prefix
-    train       on demand (no schedule), when pipelines/flows/train.py exists
-    end_to_end  on demand (no schedule), when pipelines/flows/end_to_end.py exists
+    train       on demand (no schedule)
+    end_to_end  on demand (no schedule)
 
 `lct flows serve` registers the deployments with the Prefect API (PREFECT_API_URL; without it
 a temporary local server) and runs their flows in this process until stopped: the simplest
@@ -23,20 +23,12 @@ The config (YAML, every key optional) is a `ServeConfig`:
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from dataprep.config import load_yaml
-
-OPTIONAL_FLOWS = {  # deployment key -> (module, flow object): registered only when the module exists
-    "train": ("pipelines.flows.train", "train"),
-    "end_to_end": ("pipelines.flows.end_to_end", "end_to_end"),
-}
-
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -74,22 +66,17 @@ def load_config(path: str | Path | None) -> ServeConfig:
     return load_yaml(ServeConfig, path) if path else ServeConfig()
 
 
-def optional_flow(module: str, name: str):
-    """The flow object `module:name`, or None when the module does not exist (yet)."""
-    if importlib.util.find_spec(module) is None:
-        return None
-    return getattr(importlib.import_module(module), name)  # a module that exists but breaks must raise
-
-
 def build_deployments(cfg: ServeConfig, flows: dict[str, Any] | None = None) -> list:
-    """RunnerDeployments (not yet registered) of `flows` (key -> flow; default: ingest + the optional ones)."""
+    """RunnerDeployments (not yet registered) of `flows` (key -> flow; default: ingest, train, end_to_end)."""
     from prefect.deployments.runner import EntrypointType
     from prefect.schedules import Cron
 
     if flows is None:
+        from pipelines.flows.end_to_end import end_to_end
         from pipelines.flows.ingest import ingest
+        from pipelines.flows.train import train
 
-        flows = {"ingest": ingest} | {k: f for k, (m, n) in OPTIONAL_FLOWS.items() if (f := optional_flow(m, n))}
+        flows = {"ingest": ingest, "train": train, "end_to_end": end_to_end}
     deployments = []
     for key, flow in flows.items():
         spec = getattr(cfg, key, None) or OnDemandDeployment()

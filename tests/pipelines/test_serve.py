@@ -58,14 +58,13 @@ def test_a_bad_schedule_is_rejected_before_anything_is_registered(tmp_path):
     assert result.exit_code == 2 and "crn" in result.output
 
 
-def test_train_is_registered_only_when_its_flow_exists():
-    from pipelines.serve import OPTIONAL_FLOWS, optional_flow
+def test_every_flow_is_registered_by_default():
+    from pipelines.flows.end_to_end import end_to_end
+    from pipelines.flows.train import train
 
-    assert optional_flow("pipelines.flows.no_such_flow", "x") is None
     names = [row["deployment"] for row in describe(build_deployments(ServeConfig()))]
-    present = [f for m, n in OPTIONAL_FLOWS.values() if (f := optional_flow(m, n)) is not None]
-    expected = ["ingest/nightly"] + [f"{f.name}/on-demand" for f in present]
-    assert sorted(names) == sorted(expected)
+    expected = ["ingest/nightly"] + [f"{f.name}/on-demand" for f in (train, end_to_end)]
+    assert sorted(names) == sorted(expected) == ["end_to_end/on-demand", "ingest/nightly", "train/on-demand"]
 
 
 def test_deployments_are_registered_with_their_schedules(prefect_server, tmp_path):
