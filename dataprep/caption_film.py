@@ -20,16 +20,10 @@ from __future__ import annotations
 
 import logging
 
-from dataprep.caption import (
-    CaptionError,
-    CocaCaptioner,
-    VLMCaptioner,
-    compose_global,
-    sidecar_caption,
-    sidecar_global,
-)
+from dataprep.caption import CaptionError, CocaCaptioner, VLMCaptioner, compose_global
 from dataprep.film import FilmResult
 from dataprep.samples import Captions
+from dataprep.sidecar import sidecar_caption, sidecar_global
 
 log = logging.getLogger(__name__)
 

@@ -12,15 +12,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import fsspec
-
-from dataprep.caption import load_sidecar
 from dataprep.config import CurateConfig
 from dataprep.errors import FilmError
 from dataprep.filters import Span, filter_shots
 from dataprep.keyframes import ShotClip, extract_clips
 from dataprep.probe import ProbeInfo, film_id, probe
 from dataprep.shots import detect_shots
+from dataprep.sidecar import Sidecar, find_sidecar
 from dataprep.sources import is_url, local_copy
 
 
@@ -37,7 +35,7 @@ class FilmResult:
     corrupt_frames: int = 0  # decoded frames FFmpeg flagged as corrupt
     spans: list[Span] = field(default_factory=list)  # every candidate shot, kept or dropped
     clips: list[ShotClip] = field(default_factory=list)  # one per kept span, in order
-    sidecar: object | None = None  # dataprep.caption.Sidecar
+    sidecar: Sidecar | None = None
     seconds: float = 0.0
     node: str | None = None  # the Ray node id that ran the film task (set by dataprep.run)
 
@@ -48,28 +46,6 @@ class FilmResult:
     @property
     def kept(self) -> list[Span]:
         return [s for s in self.spans if s.kept]
-
-
-def sidecar_uri(uri: str) -> str:
-    """`<film stem>.captions.json` beside the film, for a local path or a URL alike."""
-    head, _, name = uri.rpartition("/")
-    stem = name.rsplit(".", 1)[0] if "." in name else name
-    return f"{head}/{stem}.captions.json" if head else f"{stem}.captions.json"
-
-
-def _sidecar(uri: str, cache_dir: Path):
-    """The parsed sidecar of a film, or None; remote sidecars are fetched next to the film's copy."""
-    side = sidecar_uri(uri)
-    if is_url(side):
-        fs, path = fsspec.core.url_to_fs(side)
-        if not fs.exists(path):
-            return None
-        local = local_copy(side, cache_dir)
-        try:
-            return load_sidecar(local)
-        finally:
-            local.unlink(missing_ok=True)
-    return load_sidecar(Path(side))
 
 
 def process_film(uri: str, cfg: CurateConfig, cache_dir: Path) -> FilmResult:
@@ -100,7 +76,7 @@ def process_film(uri: str, cfg: CurateConfig, cache_dir: Path) -> FilmResult:
         ]
         result.clips = [c for c in clips if c is not None]
         if cfg.caption.use_sidecar:
-            result.sidecar = _sidecar(uri, cache_dir)
+            result.sidecar = find_sidecar(uri, cache_dir)
     except FilmError as e:
         result.error = e.reason
     except OSError as e:  # unreadable path, permission denied, unreachable remote URL ...

@@ -8,17 +8,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from dataprep.caption import (
-    CaptionError,
-    CocaCaptioner,
-    VLMCaptioner,
-    compose_global,
-    load_sidecar,
-    sidecar_caption,
-    sidecar_global,
-)
+from dataprep.caption import CaptionError, CocaCaptioner, VLMCaptioner, compose_global
 from dataprep.config import CaptionConfig, VLMConfig
 from dataprep.errors import FilmError
+from dataprep.sidecar import load_sidecar, sidecar_caption, sidecar_global
 
 KEY_ENV, KEY = "LCT_TEST_VLM_KEY", "sk-test-secret-4711"
 

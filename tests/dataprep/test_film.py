@@ -1,10 +1,14 @@
 """One film through probe -> shots -> filters -> clips, from a local path and from an fsspec URL."""
 
+import subprocess
+import sys
+
 import fsspec
 import numpy as np
 
 from dataprep.config import CurateConfig
-from dataprep.film import process_film, sidecar_uri
+from dataprep.film import process_film
+from dataprep.sidecar import sidecar_uri
 from dataprep.synthetic import SynthConfig, load_truth, make_films
 
 CFG = CurateConfig.model_validate({"clips": {"width": 64, "height": 64, "fps": 6.0, "keyframes": 2}})
@@ -14,6 +18,19 @@ def test_sidecar_uri():
     assert sidecar_uri("/a/b.c/film.mp4") == "/a/b.c/film.captions.json"
     assert sidecar_uri("s3://bucket/x/film.v2.mkv") == "s3://bucket/x/film.v2.captions.json"
     assert sidecar_uri("film.mp4") == "film.captions.json"
+
+
+def test_import_without_open_clip():
+    """The film task (a Ray task on every CPU) reads sidecar captions without loading a captioning model."""
+    code = (
+        "import sys\n"
+        "sys.modules['open_clip'] = None\n"
+        "import dataprep.film, dataprep.sidecar\n"
+        "assert not any(m.split('.')[0] == 'open_clip' and sys.modules[m] is not None for m in sys.modules)\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
 
 
 def test_local_and_remote_film_give_the_same_result(tmp_path):
