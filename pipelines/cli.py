@@ -539,11 +539,27 @@ EXAMPLE_SCENE = {
 @config_app.command("show")
 def config_show(
     kind: _ConfigKind = typer.Argument(..., help="curate (--config of lct curate), train (lct train), generate (the --scene file)."),
+    preset: Optional[str] = typer.Option(
+        None, "--preset", help="train only: a named training config (debug, demo, production; training/presets.py) "
+        "instead of the defaults. Not a model preset: that is model.preset inside it."),
 ):
     """Print every default as YAML, each key with its description (a starting point for --config)."""
     from pipelines.config_doc import commented_yaml
 
-    if kind is _ConfigKind.curate:
+    if preset is not None and kind is not _ConfigKind.train:
+        console.print(f"[red]error:[/red] --preset is for `lct config show train`; {kind.value} has no presets")
+        raise typer.Exit(2)
+    if preset is not None:
+        from training.config import TrainConfig
+        from training.presets import train_preset
+
+        try:
+            config = TrainConfig.model_validate(train_preset(preset))
+        except ValueError as e:
+            console.print(f"[red]error:[/red] --preset: {e}")
+            raise typer.Exit(2)
+        header = f"# TrainConfig, training preset {preset}: lct train --config FILE (unknown keys are errors)"
+    elif kind is _ConfigKind.curate:
         from dataprep.config import CurateConfig
 
         header, config = "# CurateConfig: lct curate --config FILE (unknown keys are errors)", CurateConfig()

@@ -1,7 +1,7 @@
 """Typed configuration of `lct train`, and the DeepSpeed JSON generated from it.
 
-One pydantic tree (unknown keys are errors), loadable from YAML, saved whole to
-`RUN/config.yaml`. Each part of the trainer takes only its own section. Batch sizes live in
+One pydantic tree (unknown keys are errors), loadable from YAML (`TrainConfig.from_yaml`), saved
+whole to `RUN/config.yaml`. Each part of the trainer takes only its own section. Batch sizes live in
 one place (`optim.micro_batch`, `optim.grad_accum`, `engine.workers`): `deepspeed_config`
 derives the DeepSpeed JSON from them, and `RUN/deepspeed.json` is what the engine used.
 """
@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import difflib
 import json
+import typing
 from pathlib import Path
 from typing import Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from model import PRESETS, LCTConfig, LatentCodecConfig, TextEncoderConfig
+from training.presets import TRAIN_PRESETS, train_preset
 
 
 class _Strict(BaseModel):
@@ -70,7 +72,9 @@ class ModelSection(_Strict):
             raise ValueError("model.lora_rank is for backbone wan (tuning a pre-trained model); the native "
                              "lct-mmdit trains from scratch: set lora_rank 0")
         if self.preset not in PRESETS:
-            raise ValueError(f"model.preset={self.preset!r} is not a preset; choose one of {sorted(PRESETS)}")
+            also = (f" ({self.preset!r} is a training preset: lct config show train --preset {self.preset})"
+                    if self.preset in TRAIN_PRESETS else "")
+            raise ValueError(f"model.preset={self.preset!r} is not a preset; choose one of {sorted(PRESETS)}{also}")
         self.lct()  # validates the overrides with LCTConfig's own checks
         return self
 
@@ -269,9 +273,72 @@ class TrainConfig(_Strict):
     def max_shots(self) -> int:
         return self.data.max_shots or self.arch().max_shots
 
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        """A `--config` file or a run's config.yaml. A YAML syntax error names file:line:column; a
+        bad value raises pydantic's ValidationError (`key_hints` turns unknown keys into did-you-means)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        data = read_yaml(path) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+        return cls.model_validate(data)
+
 
 def dump_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# -- YAML files and their errors (the same rules as dataprep/config.py: training does not import
+#    the curation config to read its own files, and dataprep never imports training) ---------------
+def read_yaml(path: str | Path):
+    """yaml.safe_load of a file; a syntax error becomes a ValueError naming file:line:column."""
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ValueError(f"{where}: YAML syntax error: {problem} (fix the file; YAML needs `key: value` "
+                         "lines, consistent indentation and quotes around text with ': ' or '#')") from e
+
+
+def key_hints(err: ValidationError, cls: type[BaseModel]) -> list[str]:
+    """One "did you mean" line per unknown key of `err` (a validation error of `cls`):
+    `model.prest` -> "model.prest: unknown key; did you mean model.preset?", else the section's keys."""
+    hints = []
+    for e in err.errors():
+        if e["type"] != "extra_forbidden":
+            continue
+        *parents, bad = e["loc"]
+        section: type[BaseModel] | None = cls
+        for key in parents:
+            if section is not None and not isinstance(key, int):  # list indices stay on the item's model
+                section = _section_model(section, str(key))
+        if section is None:
+            continue
+        known = [f.alias or name for name, f in section.model_fields.items()]
+        close = difflib.get_close_matches(str(bad), known, n=1, cutoff=0.6)
+        where = ".".join(str(k) for k in e["loc"])
+        if close:
+            hints.append(f"{where}: unknown key; did you mean {'.'.join(str(k) for k in [*parents, close[0]])}?")
+        else:
+            hints.append(f"{where}: unknown key; this section knows {known}")
+    return hints
+
+
+def _section_model(model: type[BaseModel], key: str) -> type[BaseModel] | None:
+    """The pydantic model a field of `model` holds (through Optional / list[...]), or None."""
+    field = model.model_fields.get(key) or next((f for f in model.model_fields.values() if f.alias == key), None)
+    todo = [field.annotation] if field is not None else []
+    while todo:
+        annotation = todo.pop()
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return annotation
+        todo.extend(typing.get_args(annotation))
+    return None
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
@@ -319,20 +386,9 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     }
 
 
-# The production reference the infra/deepspeed templates are generated from (8 GPUs, lct-3b).
-PRODUCTION = {
-    "data": {"codec": "vae", "codec_path": "/models/wan-vae", "text_kind": "t5", "text_path": "/models/t5-xxl",
-             "frames": 41, "size": [480, 480], "max_shots": 8},
-    "model": {"preset": "lct-3b", "grad_checkpointing": True},
-    "optim": {"lr": 1e-4, "warmup_steps": 1000},
-    "engine": {"gpus_per_worker": 1, "workers": 8},
-    "schedule": {"steps": 135_000, "checkpoint_every": 1000},
-}
-
-
 def production_deepspeed(stage: int) -> dict:
-    """The DeepSpeed JSON of the production reference at ZeRO `stage` (infra/deepspeed/zero{stage}.json)."""
-    data = json.loads(json.dumps(PRODUCTION))
+    """The DeepSpeed JSON of the production preset at ZeRO `stage` (infra/deepspeed/zero{stage}.json)."""
+    data = train_preset("production")
     data["engine"]["zero_stage"] = stage
     cfg = TrainConfig.model_validate(data)
     return deepspeed_config(cfg, cfg.engine.workers)

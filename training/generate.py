@@ -62,11 +62,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 
-from dataprep.config import key_hints
 from dataprep.media import ClipError, cover_crop, decode_clip, encode_mp4, frames_sheet
 from model import SamplerConfig, Scene, Shot, encode_prompts, encode_scene, sample, shot_prompt
 from model.export import InferenceBundle
 from model.sampling import sample_shots
+from training.config import key_hints, read_yaml
 from training.history import prompt_features, relevant_history
 
 MODES = ("joint", "conditioned", "autoregressive", "extend")
@@ -138,8 +138,6 @@ def load_scene(path: str | Path) -> SceneSpec:
     path = Path(path)
     if not path.is_file():
         raise SceneError(f"scene file {path} not found")
-    from dataprep.config import read_yaml
-
     try:
         data = read_yaml(path)
     except ValueError as e:

@@ -29,7 +29,6 @@ import deepspeed
 import torch
 import torch.distributed as dist
 
-from dataprep.config import load_yaml
 from model import Scene, Shot, TextEncoder, build_codec, collate
 from model.lct import unpack
 from model.sampling import null_scene
@@ -258,7 +257,7 @@ def main() -> None:
     parser.add_argument("--until", type=int, default=None, help="Stop (with a checkpoint) at this step.")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)   # deepspeed launcher
     args = parser.parse_args()
-    cfg = load_yaml(TrainConfig, args.run / "config.yaml")
+    cfg = TrainConfig.from_yaml(args.run / "config.yaml")
     train_worker({"config": cfg.model_dump(mode="json"), "run_dir": str(args.run.resolve()), "until": args.until})
 
 

@@ -23,6 +23,7 @@ from prefect import flow, get_run_logger, task
 from pipelines.flows.ingest import ingest
 from pipelines.flows.train import train
 from pipelines.report import write_report
+from training.presets import train_preset
 
 FAST_CURATION = {   # the demo's films are small synthetic ones: 64x64 clips are enough for 32x32 training
     "clips": {"width": 64, "height": 64, "fps": 8.0, "keyframes": 2},
@@ -53,7 +54,9 @@ def end_to_end(
         out: Output directory; re-running with it resumes.
         sources: Films to use instead of synthetic ones (files, folders, globs, fsspec URLs).
         films: Synthetic films to make when no sources are given.
-        preset: Model preset (lct-debug for a quick check, lct-small for the demo).
+        preset: Model preset (lct-debug for a quick check, lct-small for the demo). The training
+            config is the `demo` preset (training/presets.py) given preset, frames, size,
+            eval_scenes (held out), steps and workers.
         steps: Training steps of the bidirectional model.
         causal_steps: Steps of the context-causal fine-tune (0 = skip it).
         workers: Ray Train workers.
@@ -71,7 +74,8 @@ def end_to_end(
     dataset = str(root / "dataset")
     ingested = ingest(sources=sources, out=dataset, config=_merge(FAST_CURATION, curation or {}), ray_address=ray_address)
 
-    train_cfg = training_config(preset, frames, size, eval_scenes, steps, workers)
+    train_cfg = train_preset("demo", model_preset=preset, frames=frames, size=size, holdout=eval_scenes, steps=steps,
+                             workers=workers)
     run = root / "run"
     if not finished(run, steps):
         train(data=dataset, out=str(run), config=train_cfg, ray_address=ray_address)
@@ -149,17 +153,6 @@ def write_demo_report(root: str, generations: dict, evaluation: dict, dashboard:
 
 
 # -- plain functions ------------------------------------------------------------------------
-def training_config(preset: str, frames: int, size: int, holdout: int, steps: int, workers: int) -> dict:
-    return {
-        "data": {"frames": frames, "size": [size, size], "holdout": holdout},
-        "model": {"preset": preset},
-        "optim": {"lr": 5e-4, "warmup_steps": min(20, steps // 5)},
-        "engine": {"workers": workers, "zero_stage": 2},
-        "schedule": {"steps": steps, "checkpoint_every": max(1, steps // 3), "sample_every": max(1, steps // 3),
-                     "sample_steps": 8},
-    }
-
-
 def finished(run: Path, steps: int) -> bool:
     """The run's export is at its last step (nothing left to train)."""
     info = run / "export" / "lct.json"

@@ -25,7 +25,7 @@ from prefect import flow, get_run_logger, task
 from pydantic import ValidationError
 from prefect.artifacts import create_markdown_artifact
 
-from dataprep.config import explain, load_yaml, set_dotted
+from dataprep.config import explain, set_dotted
 from dataprep.sources import absolute
 from pipelines.flows.common import is_jobs_address, run_ray_job
 from pipelines.plot import training_charts
@@ -154,7 +154,7 @@ def config_overrides(params: dict) -> dict:
 def effective_config(dataset: str, config: str | dict | None, overrides: dict) -> TrainConfig:
     """TrainConfig from a YAML path or a dict of fields, plus the flow's own parameters (dotted keys)."""
     try:
-        data = load_yaml(TrainConfig, config).model_dump() if isinstance(config, str) else json.loads(json.dumps(config or {}))
+        data = TrainConfig.from_yaml(config).model_dump() if isinstance(config, str) else json.loads(json.dumps(config or {}))
         return TrainConfig.model_validate(set_dotted(data, {"data.dataset": dataset} | overrides))
     except ValidationError as err:
         raise TrainUsageError(f"invalid training config: {explain(err, TrainConfig)}") from err

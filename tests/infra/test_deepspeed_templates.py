@@ -5,7 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from training.config import PRODUCTION, TrainConfig, production_deepspeed
+from training.config import TrainConfig, production_deepspeed
+from training.presets import train_preset
+
+PRODUCTION = train_preset("production")
 
 INFRA = Path(__file__).resolve().parents[2] / "infra" / "deepspeed"
 

@@ -79,6 +79,23 @@ def test_config_show_prints_every_default_with_its_description(kind, tmp_path):
         assert any(l.endswith("# " + " ".join(field.description.split())) for l in described), (key, described)
 
 
+@pytest.mark.parametrize("name", ["debug", "demo", "production"])
+def test_config_show_train_preset_prints_the_named_training_config(name):
+    from training.config import TrainConfig
+    from training.presets import train_preset
+
+    result = runner.invoke(app, ["config", "show", "train", "--preset", name])
+    assert result.exit_code == 0, result.output
+    assert TrainConfig.model_validate(yaml.safe_load(result.output)) == TrainConfig.model_validate(train_preset(name))
+
+
+def test_config_show_preset_errors_exit_2():
+    result = runner.invoke(app, ["config", "show", "train", "--preset", "lct-debug"])
+    assert result.exit_code == 2 and "is not a training preset" in result.output
+    result = runner.invoke(app, ["config", "show", "curate", "--preset", "demo"])
+    assert result.exit_code == 2 and "curate has no presets" in result.output
+
+
 def test_commented_yaml_round_trips_awkward_values():
     from pydantic import BaseModel, Field
 
