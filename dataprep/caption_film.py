@@ -22,7 +22,7 @@ import logging
 
 from dataprep.caption import CaptionError, CocaCaptioner, VLMCaptioner, compose_global
 from dataprep.film import FilmResult
-from dataprep.samples import Captions
+from dataprep.assemble import Captions
 from dataprep.sidecar import sidecar_caption, sidecar_global
 
 log = logging.getLogger(__name__)

@@ -38,7 +38,7 @@ from dataprep.config import CurateConfig, RayConfig
 from dataprep.embed import ClipEmbedder
 from dataprep.film import FilmResult, process_film
 from dataprep.lock import writes_to
-from dataprep.samples import Captions, build_film, dropped_rows, film_row
+from dataprep.assemble import Captions, build_film, dropped_rows, film_row
 from dataprep.scenes import colour_histogram, group_scenes
 from dataprep.shards import SceneShardWriter, recover
 from dataprep.sources import list_films

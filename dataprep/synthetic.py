@@ -169,7 +169,7 @@ class Environment:
 
 
 @dataclass
-class Shot:
+class SynthShot:
     start_frame: int
     end_frame: int
     scene_index: int
@@ -182,7 +182,7 @@ class Shot:
 
 
 @dataclass
-class Scene:
+class SynthScene:
     environment: Environment
     characters: list[Character]
     shot_indices: list[int]
@@ -196,8 +196,8 @@ class FilmSpec:
     width: int
     height: int
     crf: int
-    scenes: list[Scene]
-    shots: list[Shot]
+    scenes: list[SynthScene]
+    shots: list[SynthShot]
     flashes: list[int]
     transitions: list[dict]  # {"kind", "start_frame", "end_frame"}
     captions: str = "full"  # SynthConfig.captions
@@ -239,7 +239,7 @@ def _plan(seed: int, index: int, cfg: SynthConfig) -> FilmSpec:
                     rng.choice(list(PATTERNS), n_chars))
         chars = [Character(i + 1, str(sh), str(co), str(pa), world * rng.uniform(0.4, 0.6, size=2))
                  for i, (sh, co, pa) in enumerate(picks)]
-        scenes.append(Scene(env, chars, []))
+        scenes.append(SynthScene(env, chars, []))
 
     # 2. shots: framing differs from the previous shot; the camera frames one, two or all characters
     shots, start, radius = [], 0, char_radius(width, height)
@@ -255,7 +255,7 @@ def _plan(seed: int, index: int, cfg: SynthConfig) -> FilmSpec:
             chosen = rng.permutation(len(scene.characters))[:subjects]
             camera = np.mean([motion[scene.characters[i].id][0] for i in chosen], axis=0) + rng.normal(0, radius, 2)
             pan = _heading(rng) * rng.uniform(6, 12) / ZOOM[framing]  # 6-12 screen px / s
-            shot = Shot(start, start + n, s, framing, camera, pan, motion, "none" if start == 0 else "cut")
+            shot = SynthShot(start, start + n, s, framing, camera, pan, motion, "none" if start == 0 else "cut")
             shot.characters = [c for c in motion if _on_screen(shot, c, (n // 2) / float(fps), width, height)]
             scene.shot_indices.append(len(shots))
             shots.append(shot)
@@ -288,13 +288,13 @@ def char_radius(width: int, height: int) -> float:
     return 0.06 * min(width, height)  # world pixels
 
 
-def _screen_pos(shot: Shot, char_id: int, t: float, width: int, height: int) -> np.ndarray:
+def _screen_pos(shot: SynthShot, char_id: int, t: float, width: int, height: int) -> np.ndarray:
     p0, v = shot.motion[char_id]
     camera = shot.camera + shot.pan * t
     return (p0 + v * t - camera) * ZOOM[shot.framing] + np.array([width, height]) / 2
 
 
-def _on_screen(shot: Shot, char_id: int, t: float, width: int, height: int) -> bool:
+def _on_screen(shot: SynthShot, char_id: int, t: float, width: int, height: int) -> bool:
     x, y = _screen_pos(shot, char_id, t, width, height)
     return bool(0 <= x < width and 0 <= y < height)
 
@@ -356,7 +356,7 @@ def draw_sprite(shape: str, colour: str, pattern: str, r: float) -> tuple[np.nda
     return rgb.astype(np.uint8), np.broadcast_to(mask, (n, n))
 
 
-def draw_shot_frame(spec: FilmSpec, shot: Shot, t: float) -> np.ndarray:
+def draw_shot_frame(spec: FilmSpec, shot: SynthShot, t: float) -> np.ndarray:
     """Shot `shot` at t seconds from its start (any t: transitions draw beyond the ends) -> (H, W, 3) uint8."""
     w, h, zoom = spec.width, spec.height, ZOOM[shot.framing]
     scene = spec.scenes[shot.scene_index]

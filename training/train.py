@@ -42,7 +42,7 @@ from .engine import (
 from .metrics import MetricsWriter, matmul_peak, peak_memory_mb, rank_state_mb, read_metrics, train_step_flops
 from .objective import add_noise, bucket_losses, drop_prompts, flow_loss, model_timesteps, sample_timesteps
 from .resume import choose_checkpoint
-from .samples import validation_scene, write_samples
+from .validation import validation_scene, write_samples
 
 log = logging.getLogger("lct.train")
 

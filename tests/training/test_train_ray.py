@@ -23,7 +23,7 @@ from pipelines.cli import app
 from training.config import TrainConfig
 from training.launch import launch
 from training.metrics import read_metrics
-from training.samples import validation_scene, write_samples
+from training.validation import validation_scene, write_samples
 
 pytestmark = pytest.mark.slow
 
@@ -227,7 +227,7 @@ def test_plain_torchrun_launcher_overfits_one_scene(curated, tmp_path):
     from training.data import SceneStream, encode, prepare
     from training.objective import add_noise, flow_loss
     from model import collate, Scene, Shot
-    from training.samples import PLAIN
+    from training.validation import PLAIN
 
     bundle = load_bundle(run)
     raw = next(s for _, _, s in SceneStream(one, shuffle_buffer=1).from_position())
