@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import typing
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def renamed(data, section: str, names: dict[str, str]):
+    """A config dict with keys renamed in a later version moved to their new names (old -> new), each
+    with a FutureWarning naming the new key, so configs and runs written before still load."""
+    if not isinstance(data, dict):
+        return data
+    for old, new in names.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise ValueError(f"{section}.{old} is the old name of {section}.{new}: give only {section}.{new}")
+        warnings.warn(f"{section}.{old} is deprecated: it is now {section}.{new} (same meaning); rename the key "
+                      "in your config", FutureWarning, stacklevel=2)
+        data = {new if key == old else key: value for key, value in data.items()}
+    return data
 
 
 class ProbeConfig(_Strict):
@@ -173,10 +190,17 @@ class SceneConfig(_Strict):
         None, description="Similarity below which a new scene starts (None = the method's default)."
     )
     min_shots: int = Field(1, ge=1, description="Scenes with fewer shots are not written (drop reason `scene_too_small`).")
-    max_shots: int = Field(9, ge=1, description="Scenes longer than this are split.")
+    chunk_shots: int = Field(
+        9, ge=1, description="Scenes longer than this many shots are split into balanced chunks (was `max_shots`)."
+    )
     max_gap_s: float = Field(
         2.0, ge=0, description="A gap between kept shots longer than this (dropped footage) starts a new scene."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data):
+        return renamed(data, "scenes", {"max_shots": "chunk_shots"})
 
 
 class ShardConfig(_Strict):

@@ -4,7 +4,7 @@ A shot joins the current scene when it looks like one of the scene's last few sh
 (shot / reverse-shot cutting alternates between framings) and follows it closely in time.
 Similarity is CLIP cosine when pretrained CLIP weights are loaded (a random-init CLIP
 says nothing about content), else the intersection of colour histograms, which needs no
-weights. Scenes longer than `max_shots` are split into balanced chunks.
+weights. Scenes longer than `chunk_shots` are split into balanced chunks.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def group_scenes(
             scenes.append([i])
         else:
             scenes[-1].append(i)
-    return [chunk for scene in scenes for chunk in split_balanced(scene, cfg.max_shots)]
+    return [chunk for scene in scenes for chunk in split_balanced(scene, cfg.chunk_shots)]
 
 
 def adjusted_rand_index(labels_true: list[int], labels_pred: list[int]) -> float:

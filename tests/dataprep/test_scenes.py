@@ -21,19 +21,19 @@ def test_histograms_same_palette_high_different_low():
     assert histogram_similarity(a, c) < 0.05
 
 
-def test_grouping_by_palette_time_gap_and_max_shots():
+def test_grouping_by_palette_time_gap_and_chunk_shots():
     palettes = [(200, 30, 30)] * 3 + [(20, 40, 220)] * 2 + [(30, 200, 30)] * 4
     feats = np.stack([colour_histogram(_frames(p, 10, i)) for i, p in enumerate(palettes)])
     starts = [float(i) for i in range(9)]
     ends = [s + 1.0 for s in starts]
-    cfg = SceneConfig(max_shots=9)
+    cfg = SceneConfig(chunk_shots=9)
     assert group_scenes(starts, ends, feats, "histogram", cfg) == [[0, 1, 2], [3, 4], [5, 6, 7, 8]]
     # a gap longer than max_gap_s splits a scene
     starts2 = starts[:1] + [s + 5.0 for s in starts[1:]]
     ends2 = ends[:1] + [e + 5.0 for e in ends[1:]]
     assert group_scenes(starts2, ends2, feats, "histogram", cfg)[0] == [0]
     # long scenes are split into balanced chunks
-    assert group_scenes(starts, ends, feats, "histogram", SceneConfig(max_shots=2)) == [
+    assert group_scenes(starts, ends, feats, "histogram", SceneConfig(chunk_shots=2)) == [
         [0], [1, 2], [3, 4], [5, 6], [7, 8]
     ]
 
@@ -62,3 +62,11 @@ def test_adjusted_rand_index():
 def test_bad_method_is_a_clear_error():
     with pytest.raises(ValueError, match="similarity method"):
         group_scenes([0.0], [1.0], np.zeros((1, 4)), "colour", SceneConfig())
+
+
+def test_the_old_key_max_shots_still_loads_with_a_warning_naming_the_new_one():
+    with pytest.warns(FutureWarning, match=r"scenes\.max_shots is deprecated: it is now scenes\.chunk_shots"):
+        old = SceneConfig.model_validate({"max_shots": 2})
+    assert old == SceneConfig(chunk_shots=2)
+    with pytest.raises(ValueError, match=r"give only scenes\.chunk_shots"):
+        SceneConfig.model_validate({"max_shots": 2, "chunk_shots": 3})
