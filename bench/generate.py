@@ -8,7 +8,7 @@ no guidance, history at t_c = 0.3:
     autoregressive  model.sampling.sample_shots (the `lct generate` loop), history = every
                     earlier shot: with the KV-cache (history K/V computed once per shot, reused
                     at each step) vs recomputing the history at every step.
-    pool            8 shots on a model with max_shots = 4: the history pool keeps 3 earlier
+    pool            8 shots on a model with context_shots = 4: the history pool keeps 3 earlier
                     shots, so the cache is rebuilt whenever the chosen list stops being a prefix.
     joint           model.sampling.sample(mode="joint"): all shots denoised together.
 
@@ -49,9 +49,9 @@ def make_scene(shots: int, seed: int = 0) -> Scene:
                  [Shot(torch.randn(16, 384, generator=gen), torch.zeros(LATENT)) for _ in range(shots)])
 
 
-def make_model(max_shots: int = 9) -> LCT:
+def make_model(context_shots: int = 9) -> LCT:
     """Context-causal lct-small with seeded N(0, 0.02) weights (a fresh LCT outputs v = 0: adaLN-Zero)."""
-    model = LCT(PRESETS["lct-small"].with_(attention="context_causal", max_shots=max_shots)).eval()
+    model = LCT(PRESETS["lct-small"].with_(attention="context_causal", context_shots=context_shots)).eval()
     gen = torch.Generator().manual_seed(0)
     for p in model.parameters():
         p.data.normal_(0.0, 0.02, generator=gen)
@@ -65,7 +65,7 @@ def max_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, "
           f"load average at start {os.getloadavg()[0]:.2f} (other processes share these cores)")
-    model, small = make_model(), make_model(max_shots=4)
+    model, small = make_model(), make_model(context_shots=4)
     config = SamplerConfig(steps=STEPS, cfg_scale=1.0, t_c=0.3, seed=0)
     feats = torch.randn(8, 32, generator=torch.Generator().manual_seed(1))   # pool: 8 shots, cap 3
     cells = {}                                                                # name -> (shots, run)

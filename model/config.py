@@ -23,7 +23,7 @@ class LCTConfig:
     patch: tuple[int, int, int] = (1, 4, 4)   # (p_t, p_h, p_w) latent patch size
     latent_channels: int = 3                  # C of the latent grid (3 = pixel codec)
     text_dim: int = 384                       # Dt of the text features (384 = all-MiniLM-L6-v2)
-    max_shots: int = 9                        # S_max shots per scene (paper: <= 9)
+    context_shots: int = 9                    # S_max shots the model attends to at once (paper: <= 9)
     qk_norm: bool = True                      # RMS-normalise q and k per head
     attention: AttentionMode = "bidirectional"
     rope_theta: float = 10_000.0
@@ -31,7 +31,7 @@ class LCTConfig:
     grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("width", "depth", "heads", "latent_channels", "text_dim", "max_shots"):
+        for name in ("width", "depth", "heads", "latent_channels", "text_dim", "context_shots"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"LCTConfig.{name} must be a positive int, got {value!r}")

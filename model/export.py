@@ -49,8 +49,13 @@ def config_to_dict(cfg) -> dict:
     return data if isinstance(cfg, LCTConfig) else {"backbone": "wan", **data}
 
 
+RENAMED = {"max_shots": "context_shots"}   # config.json keys of earlier exports -> their names now
+
+
 def config_from_dict(data: dict):
-    """LCTConfig (or WanConfig when "backbone" is "wan") from its JSON dict; unknown keys are an error."""
+    """LCTConfig (or WanConfig when "backbone" is "wan") from its JSON dict; unknown keys are an error.
+    Keys of earlier versions (RENAMED) are read under their new names: old exports still load."""
+    data = {RENAMED.get(key, key): value for key, value in data.items()}
     if data.get("backbone") == "wan":
         from .wan import WanConfig
 

@@ -105,8 +105,8 @@ def collate(scenes: list[Scene], cfg: LCTConfig) -> Batch:
     if not scenes:
         raise ValueError("collate needs at least one scene")
     B, S = len(scenes), max(len(s.shots) for s in scenes)
-    if S > cfg.max_shots or min(len(s.shots) for s in scenes) < 1:
-        raise ValueError(f"every scene needs 1..{cfg.max_shots} shots, got {[len(s.shots) for s in scenes]}")
+    if S > cfg.context_shots or min(len(s.shots) for s in scenes) < 1:
+        raise ValueError(f"every scene needs 1..{cfg.context_shots} shots, got {[len(s.shots) for s in scenes]}")
     rows = []
     for b, scene in enumerate(scenes):
         texts = [_real_text(scene.global_text, scene.global_mask, f"scene {b} global", cfg.text_dim)]

@@ -187,7 +187,7 @@ def sample_shots(
     """Generate the shots of `scene` one by one; shot k sees the shots select(k), re-noised to t_c.
 
     mode="autoregressive" is select(k) = every shot < k; training/history.py's pool picks fewer,
-    so a scene may be longer than max_shots.
+    so a scene may be longer than context_shots.
 
     Each shot k is denoised in a small scene [global prompt, history shots re-noised to t_c, shot k]
     (RoPE positions restart from that small scene: the model only knows relative layouts). A
@@ -211,7 +211,7 @@ def sample_shots(
     """
     device = next(model.parameters()).device
     cached = use_cache and model.cfg.attention == "context_causal"
-    cap = model.cfg.max_shots - 1
+    cap = model.cfg.context_shots - 1
     given = dict(given or {})
     gen = torch.Generator().manual_seed(config.seed)
     S, patch = len(scene.shots), model.cfg.patch

@@ -63,7 +63,7 @@ class WanConfig:
     """A Wan transformer architecture (its diffusers config) plus what lct adds to it."""
 
     transformer: dict = field(default_factory=dict)   # WanTransformer3DModel init args
-    max_shots: int = 9
+    context_shots: int = 9
     attention: AttentionMode = "bidirectional"
     grad_checkpointing: bool = False
     text_len: int = WAN_TEXT_LEN     # cross-attention context per shot, zero-padded to this
@@ -80,8 +80,8 @@ class WanConfig:
                              "added_kv_proj_dim: an image-to-video model)")
         if self.attention not in ATTENTION_MODES:
             raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
-        if self.max_shots < 1 or self.text_len < 1:
-            raise ValueError(f"max_shots and text_len must be >= 1, got {self.max_shots}, {self.text_len}")
+        if self.context_shots < 1 or self.text_len < 1:
+            raise ValueError(f"context_shots and text_len must be >= 1, got {self.context_shots}, {self.text_len}")
         if t.get("out_channels") not in (None, t["in_channels"]):
             raise ValueError(f"out_channels {t['out_channels']} != in_channels {t['in_channels']}: not a T2V model")
 
@@ -457,7 +457,7 @@ def check_weights(folder: str | Path, args: dict) -> None:
 def load_wan_transformer(folder: str | Path, dtype: torch.dtype = torch.float32, **options) -> WanLCT:
     """The scene model from DIR/transformer (checked first; never downloads).
 
-    options: the lct fields of WanConfig (max_shots, attention, grad_checkpointing, text_len,
+    options: the lct fields of WanConfig (context_shots, attention, grad_checkpointing, text_len,
     text_features); the architecture comes from the folder.
     """
     args = read_transformer_config(folder)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import json
 import typing
+import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +25,22 @@ from training.presets import TRAIN_PRESETS, train_preset
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def renamed(data, section: str, names: dict[str, str]):
+    """A config dict with keys renamed in a later version moved to their new names (old -> new), each
+    with a FutureWarning naming the new key, so configs and runs written before still load."""
+    if not isinstance(data, dict):
+        return data
+    for old, new in names.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise ValueError(f"{section}.{old} is the old name of {section}.{new}: give only {section}.{new}")
+        warnings.warn(f"{section}.{old} is deprecated: it is now {section}.{new} (same meaning); rename the key "
+                      "in your config", FutureWarning, stacklevel=2)
+        data = {new if key == old else key: value for key, value in data.items()}
+    return data
 
 
 class ModelSection(_Strict):
@@ -50,6 +67,13 @@ class ModelSection(_Strict):
     lora_targets: list[str] = Field(
         ["to_q", "to_k", "to_v", "to_out.0", "ffn.net.0.proj", "ffn.net.2"],
         description="wan: linears of each block given LoRA adapters (self/cross-attention and FFN).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("overrides"), dict):
+            data = {**data, "overrides": renamed(data["overrides"], "model.overrides", {"max_shots": "context_shots"})}
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -100,7 +124,9 @@ class DataSection(_Strict):
     frames: int = Field(8, ge=1, description="Video frames taken from each shot.")
     fps: float = Field(8.0, gt=0, description="Frame rate the frames are taken at.")
     size: tuple[int, int] = Field((32, 32), description="(H, W) frames are resized (cover + crop) to.")
-    max_shots: int | None = Field(None, ge=1, description="Longest scene window; default = the model's max_shots.")
+    window_shots: int | None = Field(
+        None, ge=1, description="Most consecutive shots of a scene in one training sample; default = the model's "
+        "context_shots (was `max_shots`).")
     shuffle_buffer: int = Field(64, ge=1, description="Scenes in the shuffle buffer of each rank.")
     holdout: int = Field(0, ge=0, description="Scenes held out for evaluation (dataprep.dataset.heldout_keys).")
     prefetch: int = Field(4, ge=1, description="Decoded scenes queued ahead of the step by a background thread.")
@@ -109,6 +135,11 @@ class DataSection(_Strict):
     text_max_tokens: int = Field(77, ge=2, description="Prompt tokens kept.")
     codec: Literal["pixel", "vae"] = Field("pixel", description="Latent codec: pixel space or a Wan VAE.")
     codec_path: str | None = Field(None, description="Local diffusers dir of the VAE (codec=vae).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data):
+        return renamed(data, "data", {"max_shots": "window_shots"})
 
     def text_config(self) -> TextEncoderConfig:
         return TextEncoderConfig(kind=self.text_kind, path=self.text_path, max_tokens=self.text_max_tokens)
@@ -225,17 +256,17 @@ class TrainConfig(_Strict):
         elif Path(self.data.text_path).resolve() != (Path(self.model.pretrained) / "text_encoder").resolve():
             d_model = json.loads((Path(self.data.text_path) / "config.json").read_text()).get("d_model")
             features = None if d_model == args["text_dim"] else d_model
-        return WanConfig(args, max_shots=self.data.max_shots or 9, attention=self.model.attention,
+        return WanConfig(args, context_shots=self.data.window_shots or 9, attention=self.model.attention,
                          grad_checkpointing=self.model.grad_checkpointing, text_len=self.model.text_len,
                          text_features=features)
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainConfig":
         lct, data, engine = self.arch(), self.data, self.engine
-        if data.max_shots is not None and data.max_shots > lct.max_shots:
+        if data.window_shots is not None and data.window_shots > lct.context_shots:
             raise ValueError(
-                f"data.max_shots={data.max_shots} exceeds the model's max_shots={lct.max_shots} "
-                f"({self.model.preset}); lower data.max_shots or set model.overrides.max_shots"
+                f"data.window_shots={data.window_shots} exceeds the model's context_shots={lct.context_shots} "
+                f"({self.model.preset}); lower data.window_shots or set model.overrides.context_shots"
             )
         p_t, p_h, p_w = lct.patch
         h, w = data.size
@@ -270,8 +301,9 @@ class TrainConfig(_Strict):
         return self
 
     @property
-    def max_shots(self) -> int:
-        return self.data.max_shots or self.arch().max_shots
+    def window_shots(self) -> int:
+        """Most shots of one training sample: data.window_shots, else the model's context_shots."""
+        return self.data.window_shots or self.arch().context_shots
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":

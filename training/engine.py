@@ -67,7 +67,7 @@ def build_model(cfg: TrainConfig) -> LCT:
     if cfg.model.backbone == "wan":
         from model.wan import load_wan_transformer
 
-        options = {k: getattr(lct_cfg, k) for k in ("max_shots", "attention", "grad_checkpointing", "text_len",
+        options = {k: getattr(lct_cfg, k) for k in ("context_shots", "attention", "grad_checkpointing", "text_len",
                                                      "text_features")}
         model = load_wan_transformer(cfg.model.pretrained, **options)
     else:

@@ -9,7 +9,7 @@ subset of n + 1 held out, so `lct eval --scenes N` with N <= the run's `data.hol
 scenes the model never trained on. Scenes of one film share characters and settings, so a
 held-out scene may still resemble training scenes of its film.
 
-For each held-out scene (its global caption and shot captions, cut to the model's max_shots
+For each held-out scene (its global caption and shot captions, cut to the model's context_shots
 shots) the checkpoint generates, at its own frames / size / fps:
     joint           all shots together
     autoregressive  shot by shot with the history pool (training/history.py)
@@ -193,7 +193,7 @@ def evaluate(
     real = load_scenes(dataset_dir, keys)
     scorer = Scorer(embed)
     pretrained = not scorer.description.get("random_init")
-    S_max = bundle.model.cfg.max_shots
+    S_max = bundle.model.cfg.context_shots
     generated = [(row, bundle) for row in modes] + ([("sync_joint", ablation)] if ablation is not None else [])
     rows: dict[str, list[dict]] = {r: [] for r in ["real"] + [g for g, _ in generated]}
     desc: dict[str, list[list[list[np.ndarray]]]] = {r: [[] for _ in range(seeds)] for r in rows}

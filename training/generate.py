@@ -23,14 +23,14 @@ Scene file (YAML; unknown keys are errors):
     t_c: 0.3          # autoregressive / extend: history shots are re-noised to this t
 
 Modes:
-    joint           all shots denoised together (<= max_shots shots).
+    joint           all shots denoised together (<= context_shots shots).
     conditioned     shots with a `condition` are given (an image as a single-frame shot, as in
                     training's image shots, unless the shot sets `frames`: then the image is
                     repeated; or a clip) and held at the condition's t (0 = clean, returned as
                     is) while the others are denoised. model/sampling.py holds every given shot
                     at one t_c, so all conditions of a scene must share the same t.
     autoregressive  shot by shot with a history pool (training/history.py): any number of
-                    shots; each sees at most max_shots - 1 earlier shots, the most relevant to
+                    shots; each sees at most context_shots - 1 earlier shots, the most relevant to
                     its prompt. A t=0 condition is used as that shot and becomes history.
     extend          the shots of the file are *segments of one shot*: segment k is generated
                     with segment k - 1 as history (at t_c), prompts used as written (no
@@ -189,11 +189,11 @@ class Plan:
 def estimate_bytes(shapes: list[tuple[int, ...]], frames: list[int], bundle: InferenceBundle, mode: str) -> int:
     """Rough peak bytes of generating these shots (fp32): attention scores (heads x L x L, the masked
     path materialises them) + activations (~16 D per token) twice for CFG, plus the decoded frames.
-    Autoregressive / extend see at most max_shots shots at once."""
+    Autoregressive / extend see at most context_shots shots at once."""
     cfg = bundle.model.cfg
     p_t, p_h, p_w = cfg.patch
     tokens = sorted((s[1] // p_t) * (s[2] // p_h) * (s[3] // p_w) + 77 for s in shapes)
-    window = tokens if mode in ("joint", "conditioned") else tokens[-cfg.max_shots:]
+    window = tokens if mode in ("joint", "conditioned") else tokens[-cfg.context_shots:]
     L = sum(window) + 77
     H, W = bundle.size
     return 4 * (2 * (cfg.heads * L * L + 16 * cfg.width * L) + 3 * H * W * sum(frames))
@@ -250,9 +250,9 @@ def plan_scene(
         spec = spec.model_copy(update={"shots": shots + list(spec.shots)})
     model_cfg = bundle.model.cfg
     S = len(spec.shots)
-    if mode in ("joint", "conditioned") and S > model_cfg.max_shots:
+    if mode in ("joint", "conditioned") and S > model_cfg.context_shots:
         raise SceneError(
-            f"the scene has {S} shots{f' (with {refs} references)' if refs else ''} but the model sees at most max_shots={model_cfg.max_shots} at once; "
+            f"the scene has {S} shots{f' (with {refs} references)' if refs else ''} but the model sees at most context_shots={model_cfg.context_shots} at once; "
             "use --mode autoregressive (each shot then sees the most relevant earlier shots) or split the scene"
         )
     conds = {i: s.condition for i, s in enumerate(spec.shots) if s.condition is not None}
@@ -361,10 +361,10 @@ def generate(bundle: InferenceBundle, plan: Plan, on_step: OnStep | None = None,
     else:
         if plan.mode == "autoregressive":
             feats = prompt_features(bundle.text, prompts)
-            cap, R = model.cfg.max_shots - 1, plan.references
+            cap, R = model.cfg.context_shots - 1, plan.references
             if R and cap <= R:
                 raise SceneError(f"{R} references leave no room for history: the model sees at most "
-                                 f"max_shots={model.cfg.max_shots} shots at once; give at most {cap - 1} references")
+                                 f"context_shots={model.cfg.context_shots} shots at once; give at most {cap - 1} references")
 
             def select(k: int) -> list[int]:                            # references are always seen
                 if k <= R:
@@ -413,13 +413,13 @@ def _record(bundle, plan, prompts, history, seconds, cache, total, device) -> di
         "references": plan.references,
         "shift": plan.sampler.shift, "t_c": plan.sampler.t_c,
         "checkpoint": {"path": str(bundle.path), "step": bundle.info.get("step"), "run": bundle.info.get("run", "")},
-        "model": {"attention": bundle.model.cfg.attention, "max_shots": bundle.model.cfg.max_shots},
+        "model": {"attention": bundle.model.cfg.attention, "context_shots": bundle.model.cfg.context_shots},
         "size": list(bundle.size), "fps": bundle.fps, "device": str(device),
         "shots": shots, "seconds": round(total, 4),
         "history_rule": {
             "joint": "one joint attention over the scene (context-causal: earlier shots only)",
             "conditioned": "one joint attention over the scene (context-causal: earlier shots only)",
-            "autoregressive": f"the <= {bundle.model.cfg.max_shots - 1} earlier shots with the most similar prompts",
+            "autoregressive": f"the <= {bundle.model.cfg.context_shots - 1} earlier shots with the most similar prompts",
             "extend": "the previous segment",
         }[plan.mode],
     }

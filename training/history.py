@@ -1,11 +1,11 @@
 """Shot-by-shot generation with a history pool: each new shot sees the earlier shots most related to it.
 
     feats = prompt_features(text, captions)                 # (N, Dt) pooled prompt features
-    select = lambda k: relevant_history(feats, k, cap=model.cfg.max_shots - 1)
+    select = lambda k: relevant_history(feats, k, cap=model.cfg.context_shots - 1)
     result = model.sampling.sample_shots(model, scene, config, select)   # any number of shots
 
 model/sampling.py's autoregressive mode conditions shot k on *all* shots < k, which stops at
-max_shots. With a history pool `select(k)` names the history of shot k (earlier shots, chronological), so a
+context_shots. With a history pool `select(k)` names the history of shot k (earlier shots, chronological), so a
 scene can be longer than the model's context: the history pool keeps the `cap` earlier shots
 whose prompts are most similar to shot k's prompt (cosine of the text encoder's pooled
 features; a CLIP text encoder when the checkpoint's text encoder is open_clip), ties going to

@@ -44,7 +44,7 @@ def demo(model_preset: str = "lct-small", frames: int = 8, size: int = 32, holdo
 def production() -> dict:
     return {
         "data": {"codec": "vae", "codec_path": "/models/wan-vae", "text_kind": "t5", "text_path": "/models/t5-xxl",
-                 "frames": 41, "size": [480, 480], "max_shots": 8},
+                 "frames": 41, "size": [480, 480], "window_shots": 8},
         "model": {"preset": "lct-3b", "grad_checkpointing": True},
         "optim": {"lr": 1e-4, "warmup_steps": 1000},
         "engine": {"gpus_per_worker": 1, "workers": 8},

@@ -154,8 +154,8 @@ def train_worker(args: dict) -> None:
     text = TextEncoder(data.text_config())
     codec = build_codec(data.codec_config())
     stream = SceneStream(data.dataset, rank, world, sched.seed, data.shuffle_buffer, data.holdout)
-    loader = SceneLoader(stream, data, cfg.recipe, cfg.max_shots, sched.seed, text, codec, **position)
-    val_scene = validation_scene(data.dataset, data, cfg.max_shots, data.holdout)
+    loader = SceneLoader(stream, data, cfg.recipe, cfg.window_shots, sched.seed, text, codec, **position)
+    val_scene = validation_scene(data.dataset, data, cfg.window_shots, data.holdout)
     writer = MetricsWriter(run_dir) if rank == 0 else None
     peak = matmul_peak(device.type) if rank == 0 else None
     if rank == 0:

@@ -26,4 +26,4 @@ def test_template_matches_the_generator(stage):
 
 def test_production_reference_is_a_valid_config():
     cfg = TrainConfig.model_validate(PRODUCTION)
-    assert cfg.model.lct().latent_channels == 16 and cfg.max_shots == 8
+    assert cfg.model.lct().latent_channels == 16 and cfg.window_shots == 8

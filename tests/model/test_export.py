@@ -114,3 +114,13 @@ def test_cli_generate_exits_2_on_a_damaged_export(tmp_path):
     assert result.exit_code == 2, result.output
     assert "model.safetensorsisnotareadablesafetensorsfile" in said and "weights_only" not in said
     assert not (tmp_path / "out").exists()
+
+
+def test_an_export_written_before_max_shots_became_context_shots_loads(tmp_path):
+    model = make_model(context_shots=4)
+    save_export(model, tmp_path)
+    path = tmp_path / "config.json"
+    config = json.loads(path.read_text())
+    assert config.pop("context_shots") == 4
+    path.write_text(json.dumps({**config, "max_shots": 4}))          # config.json as lct wrote it before
+    assert load_export(tmp_path).cfg == model.cfg

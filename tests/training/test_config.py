@@ -49,3 +49,21 @@ def test_training_does_not_read_yaml_through_the_curation_config():
     users = [p.name for p in root.glob("*.py")
              if re.search(r"from dataprep\.config import [^\n]*(load_yaml|read_yaml|key_hints|explain)", p.read_text())]
     assert users == []
+
+
+def test_a_run_written_before_the_shot_renames_still_loads_with_warnings(tmp_path):
+    """Runs saved `data.max_shots` (now window_shots) and `model.overrides.max_shots` (now context_shots)."""
+    path = tmp_path / "config.yaml"
+    old = TrainConfig.model_validate(train_preset("debug"))
+    dumped = old.model_dump(mode="json")
+    dumped["data"] = {("max_shots" if k == "window_shots" else k): v for k, v in dumped["data"].items()} | {"max_shots": 3}
+    dumped["model"]["overrides"] = {"max_shots": 4}
+    path.write_text(__import__("yaml").safe_dump(dumped))
+    with pytest.warns(FutureWarning) as caught:
+        cfg = TrainConfig.from_yaml(path)
+    messages = " | ".join(str(w.message) for w in caught)
+    assert "data.max_shots is deprecated: it is now data.window_shots" in messages
+    assert "model.overrides.max_shots is deprecated: it is now model.overrides.context_shots" in messages
+    assert cfg.data.window_shots == 3 and cfg.arch().context_shots == 4 and cfg.window_shots == 3
+    with pytest.raises(ValidationError, match="give only data.window_shots"):
+        TrainConfig.model_validate({"data": {"max_shots": 3, "window_shots": 3}})

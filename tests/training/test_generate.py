@@ -23,10 +23,10 @@ from training.history import prompt_features, recent_history, relevant_history
 SIZE, FRAMES = (16, 16), 4
 
 
-def make_checkpoint(directory: Path, attention: str = "context_causal", max_shots: int = 9, seed: int = 0,
+def make_checkpoint(directory: Path, attention: str = "context_causal", context_shots: int = 9, seed: int = 0,
                     text_dropout: float = 0.0) -> Path:
     """A tiny lct-debug export with seeded N(0, 0.02) weights (a fresh LCT outputs v = 0: adaLN-Zero)."""
-    model = LCT(PRESETS["lct-debug"].with_(attention=attention, max_shots=max_shots))
+    model = LCT(PRESETS["lct-debug"].with_(attention=attention, context_shots=context_shots))
     gen = torch.Generator().manual_seed(seed)
     for p in model.parameters():
         p.data.normal_(0.0, 0.02, generator=gen)
@@ -152,7 +152,7 @@ def test_a_clip_condition_is_sampled_at_the_checkpoint_fps(bundle, tmp_path):
 
 
 def test_autoregressive_cache_equals_recompute_with_the_pool(tmp_path):
-    bundle = load_bundle(make_checkpoint(tmp_path / "c3", max_shots=3))       # history cap 2
+    bundle = load_bundle(make_checkpoint(tmp_path / "c3", context_shots=3))       # history cap 2
     shots = [{"prompt": p} for p in ("a red car on a highway", "a chef in a kitchen", "the chef tastes sauce",
                                      "the red car parks", "the red car drives at night")]
     plan = plan_scene(load_scene(write_scene(tmp_path, shots)), bundle, "autoregressive")
@@ -214,7 +214,7 @@ def test_scene_errors_teach(bundle, tmp_path):
     with pytest.raises(SceneError, match=r"shot 1: condition image 'missing.png' not found"):
         load_scene(write_scene(tmp_path / "c", [SHOTS[0], {"prompt": "x", "condition": {"image": "missing.png"}}]))
     many = load_scene(write_scene(tmp_path / "d", [{"prompt": f"shot {i}"} for i in range(10)]))
-    with pytest.raises(SceneError, match="10 shots but the model sees at most max_shots=9.*autoregressive"):
+    with pytest.raises(SceneError, match="10 shots but the model sees at most context_shots=9.*autoregressive"):
         plan_scene(many, bundle, "joint")
     with pytest.raises(SceneError, match="needs at least one shot with a `condition"):
         plan_scene(load_scene(write_scene(tmp_path / "e", SHOTS)), bundle, "conditioned")

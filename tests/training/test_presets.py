@@ -23,7 +23,7 @@ def test_debug_is_tiny_and_production_is_the_paper_scale_reference():
     debug = TrainConfig.model_validate(train_preset("debug"))
     assert debug.model.preset == "lct-debug" and debug.data.size == (16, 16) and debug.schedule.steps <= 10
     prod = TrainConfig.model_validate(train_preset("production"))
-    assert prod.model.lct().latent_channels == 16 and prod.max_shots == 8 and prod.engine.workers == 8
+    assert prod.model.lct().latent_channels == 16 and prod.window_shots == 8 and prod.engine.workers == 8
     assert prod.engine.device == "cuda" and prod.data.codec == "vae" and prod.data.text_kind == "t5"
 
 

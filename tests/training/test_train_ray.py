@@ -126,7 +126,7 @@ def test_zero3_export_loads_without_deepspeed_and_matches(curated, tmp_path):
     assert any(p.abs().sum() > 0 for p in bundle.model.final.linear.parameters())   # trained, not zero-init
     # the exported model regenerates the validation sample the ZeRO-3 engine wrote at step 3
     cfg = config(curated)
-    scene = validation_scene(curated, cfg.data, cfg.max_shots, cfg.data.holdout)
+    scene = validation_scene(curated, cfg.data, cfg.window_shots, cfg.data.holdout)
     again = write_samples(bundle.model, scene, bundle.text, bundle.codec, tmp_path / "again", 2, 8.0, seed=0)
     engine_latents = load_file(str(run / "samples" / "step-000003" / "latents.safetensors"))
     export_latents = load_file(str(again / "latents.safetensors"))
@@ -231,7 +231,7 @@ def test_plain_torchrun_launcher_overfits_one_scene(curated, tmp_path):
 
     bundle = load_bundle(run)
     raw = next(s for _, _, s in SceneStream(one, shuffle_buffer=1).from_position())
-    scene = encode(prepare(raw, cfg.data, PLAIN, cfg.max_shots, 0), bundle.text, bundle.codec).scene
+    scene = encode(prepare(raw, cfg.data, PLAIN, cfg.window_shots, 0), bundle.text, bundle.codec).scene
     gen = torch.Generator().manual_seed(0)
     t = torch.full((1, len(scene.shots)), 0.5)
     noisy, targets = add_noise([[s.latent for s in scene.shots]], t, gen)

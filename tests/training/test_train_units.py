@@ -47,7 +47,7 @@ def test_config_yaml_round_trip():
     ({"engine": {"zero_stage": 3}, "optim": {"ema": 0.999}}, "ema needs the full weights"),
     ({"engine": {"offload_params": True}}, "offload_params needs zero_stage 3"),
     ({"engine": {"precision": "bf16"}}, "bf16 is for CUDA"),
-    ({"data": {"max_shots": 12}}, "exceeds the model's max_shots=9"),
+    ({"data": {"window_shots": 12}}, "exceeds the model's context_shots=9"),
     ({"data": {"size": [15, 16]}}, "multiples of the patch"),
     ({"model": {"preset": "lct-huge"}}, "is not a preset"),
     ({"model": {"overrides": {"depht": 3}}}, "unknown LCTConfig fields ['depht']"),
