@@ -1,7 +1,7 @@
 """Training scenes from the WebDataset shards of `lct curate`: deterministic, resumable, counted.
 
     stream = SceneStream(dataset_dir, rank, world, seed, holdout=2)     # raw samples, endless
-    loader = SceneLoader(stream, data, recipe, max_shots, seed, text, codec)   # model-ready scenes
+    loader = SceneLoader(stream, data, recipe, window_shots, seed, text, codec)   # model-ready scenes
     scene = loader.next()                                               # TrainScene, in stream order
     loader.position                                                     # {"epoch", "index"}: resume point
 
@@ -10,7 +10,7 @@
    with (seed, e, rank). The stream is endless: epoch e + 1 follows epoch e.
 2. Resume. `position` counts samples handed out in the current epoch; a stream started at a
    position regenerates that epoch and skips the samples already used (tar reads, no decode).
-3. Augmentation is a pure function of (seed, epoch, scene key): the window of <= max_shots
+3. Augmentation is a pure function of (seed, epoch, scene key): the window of <= window_shots
    shots, the single-shot sample, each shot's time window, and the shot replaced by one of its
    frames. Nothing depends on global RNG. (Prompt dropout for classifier-free guidance is
    decided per step in the loop, identically on every rank: see training/objective.py.)
@@ -114,7 +114,7 @@ def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, zlib.crc32(key.encode())])
 
 
-def prepare(sample: dict, data: DataSection, recipe: RecipeSection, max_shots: int, seed: int) -> Prepared:
+def prepare(sample: dict, data: DataSection, recipe: RecipeSection, window_shots: int, seed: int) -> Prepared:
     """Pick the shots and frames of one training scene from a raw sample (deterministic)."""
     scene = SceneSample.parse(sample)
     key, shots = scene.key, scene.shots
@@ -125,8 +125,8 @@ def prepare(sample: dict, data: DataSection, recipe: RecipeSection, max_shots: i
     if n > 1 and rng.random() < recipe.single_shot_prob:
         picks = [int(rng.integers(n))]
     else:
-        first = int(rng.integers(0, n - max_shots + 1)) if n > max_shots else 0
-        picks = list(range(first, min(n, first + max_shots)))
+        first = int(rng.integers(0, n - window_shots + 1)) if n > window_shots else 0
+        picks = list(range(first, min(n, first + window_shots)))
     videos, captions = [], []
     for i in picks:
         try:
@@ -160,10 +160,10 @@ class SceneLoader:
     """Model-ready scenes from a SceneStream, decoded by a background thread, in stream order."""
 
     def __init__(
-        self, stream: SceneStream, data: DataSection, recipe: RecipeSection, max_shots: int, seed: int,
+        self, stream: SceneStream, data: DataSection, recipe: RecipeSection, window_shots: int, seed: int,
         text: TextEncoder, codec: LatentCodec, epoch: int = 0, index: int = 0,
     ):
-        self.stream, self.data, self.recipe, self.max_shots, self.seed = stream, data, recipe, max_shots, seed
+        self.stream, self.data, self.recipe, self.window_shots, self.seed = stream, data, recipe, window_shots, seed
         self.text, self.codec = text, codec
         self.position = {"epoch": epoch, "index": index}      # next sample to hand out
         self.corrupt = 0                                      # corrupt samples skipped
@@ -179,7 +179,7 @@ class SceneLoader:
                 if self._stop.is_set():
                     return
                 try:
-                    item = encode(prepare(sample, self.data, self.recipe, self.max_shots, self.seed), self.text, self.codec)
+                    item = encode(prepare(sample, self.data, self.recipe, self.window_shots, self.seed), self.text, self.codec)
                 except CorruptSample as err:
                     item = err
                 self._put((e, i, item))

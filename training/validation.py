@@ -24,12 +24,12 @@ from .data import Prepared, prepare
 PLAIN = RecipeSection(image_prob=0.0, single_shot_prob=0.0, text_dropout=0.0)
 
 
-def validation_scene(dataset: str | Path, data: DataSection, max_shots: int, holdout: int) -> Prepared:
+def validation_scene(dataset: str | Path, data: DataSection, window_shots: int, holdout: int) -> Prepared:
     """The fixed scene sampled during training (the first held-out one when there are any)."""
     wanted = heldout_keys(dataset, holdout)[:1]
     for raw in raw_samples(shard_paths(dataset), wds.warn_and_continue):
         if not wanted or raw.get("__key__") == wanted[0]:
-            return prepare(raw, data, PLAIN, max_shots, seed=0)
+            return prepare(raw, data, PLAIN, window_shots, seed=0)
     raise ValueError(f"validation scene {wanted} not found in {dataset}")
 
 

@@ -92,13 +92,13 @@ def test_ranks_read_disjoint_shards_and_holdout_is_excluded(curated):
 def test_prepare_windows_shots_and_makes_image_shots(curated):
     raw = next(s for _, _, s in SceneStream(curated, shuffle_buffer=1).from_position() if len(json.loads(s["json"])["shots"]) >= 3)
     data = DataSection(**DATA)
-    p = prepare(raw, data, RecipeSection(single_shot_prob=0, image_prob=0, text_dropout=0), max_shots=2, seed=0)
+    p = prepare(raw, data, RecipeSection(single_shot_prob=0, image_prob=0, text_dropout=0), window_shots=2, seed=0)
     assert len(p.videos) == 2 and all(v.shape == (4, 16, 16, 3) for v in p.videos)
-    again = prepare(raw, data, RecipeSection(single_shot_prob=0, image_prob=0, text_dropout=0), max_shots=2, seed=0)
+    again = prepare(raw, data, RecipeSection(single_shot_prob=0, image_prob=0, text_dropout=0), window_shots=2, seed=0)
     assert all((a == b).all() for a, b in zip(p.videos, again.videos)) and p.captions == again.captions
-    img = prepare(raw, data, RecipeSection(single_shot_prob=0, image_prob=1, text_dropout=1), max_shots=9, seed=0)
+    img = prepare(raw, data, RecipeSection(single_shot_prob=0, image_prob=1, text_dropout=1), window_shots=9, seed=0)
     assert all(v.shape[0] == 1 for v in img.videos)
-    one = prepare(raw, data, RecipeSection(single_shot_prob=1, image_prob=0, text_dropout=0), max_shots=9, seed=0)
+    one = prepare(raw, data, RecipeSection(single_shot_prob=1, image_prob=0, text_dropout=0), window_shots=9, seed=0)
     assert len(one.videos) == 1
 
 
