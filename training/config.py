@@ -29,7 +29,8 @@ class _Strict(BaseModel):
 
 def renamed(data, section: str, names: dict[str, str]):
     """A config dict with keys renamed in a later version moved to their new names (old -> new), each
-    with a FutureWarning naming the new key, so configs and runs written before still load."""
+    with a FutureWarning naming the new key, so configs and runs written before still load.
+    (A copy of dataprep.config.renamed: training reads its own config files without dataprep/config.py.)"""
     if not isinstance(data, dict):
         return data
     for old, new in names.items():

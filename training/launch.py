@@ -76,6 +76,10 @@ def check(cfg: TrainConfig, run_dir: Path) -> None:
     saved = run_dir / "config.yaml"
     if saved.is_file():
         before = yaml.safe_load(saved.read_text()) or {}
+        try:   # an earlier run's renamed keys (data.max_shots) compare under their new names
+            before = TrainConfig.model_validate(before).model_dump(mode="json")
+        except ValueError:
+            pass
         now = cfg.model_dump(mode="json")
         changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and before.get(k) != now[k])
         if changed:

@@ -137,6 +137,18 @@ def test_loader_skips_and_counts_corrupt_samples(curated, tmp_path):
     assert all(sh.latent.shape == (3, 4, 16, 16) for s in got for sh in s.scene.shots)
 
 
+def test_a_run_saved_with_the_old_max_shots_key_resumes(curated, tmp_path):
+    from training.launch import check, prepare_run
+
+    cfg, run = small(data={"dataset": str(curated)}), tmp_path / "run"
+    prepare_run(cfg, run)
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["data"] = {("max_shots" if k == "window_shots" else k): v for k, v in saved["data"].items()}
+    (run / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))   # as lct wrote it before
+    with pytest.warns(FutureWarning, match=r"data\.max_shots is deprecated"):
+        check(cfg, run)                                  # the same config under the new name: resumable
+
+
 def test_layout_checks_teach(tmp_path, curated):
     with pytest.raises(DatasetError, match="does not exist"):
         shard_paths(tmp_path / "nope")
