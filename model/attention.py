@@ -21,10 +21,12 @@ Usage (what every backbone does; `model/lct.py` and `model/wan.py` route attenti
     attention = BlockAttention()                 # or training's Ulysses wrapper, same interface
     plan = attention.plan(group, mode)           # group (B, L) of the joint sequence, once per forward
     out = attention(q, k, v, plan)               # q, k, v (B, heads, L, head_dim) -> same shape
+    mine = attention.shard(x)                    # (B, L, ...) per-token values -> the tokens held here
 
-An attention processor is any object with these two methods. `training/sequence_parallel.py`
-provides one that holds L/P tokens per rank and all-to-alls around this one; `model/` itself
-never imports torch.distributed.
+An attention processor is any object with these three methods (`shard` is the identity on one
+device; a backbone that builds per-token values from the whole scene, like Wan's RoPE, calls it).
+`training/sequence_parallel.py` provides one that holds L/P tokens per rank and all-to-alls
+around this one; `model/` itself never imports torch.distributed.
 """
 
 from __future__ import annotations
@@ -125,6 +127,10 @@ class BlockAttention:
 
     def plan(self, group: Tensor, mode: str) -> AttentionPlan:
         return plan_attention(group, mode)
+
+    def shard(self, x: Tensor) -> Tensor:
+        """(B, L, ...) per-token values of the whole sequence -> those of the tokens this device holds: all."""
+        return x
 
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan | None) -> Tensor:
         return attend(q, k, v, plan)

@@ -24,10 +24,15 @@ which add no state, only the scene forward. Every parameter is therefore read in
 forward of the module that owns it, which DeepSpeed ZeRO-3 needs to gather it, and the state
 dict keeps diffusers' names (the export is `WanTransformer3DModel.save_pretrained`).
 
-Sequence-parallel hook: self- and cross-attention go through `block.attn1` / `block.attn2`,
-i.e. the native `WanAttnProcessor` (and `dispatch_attention_fn`); replacing those processors
-changes the attention of the scene model too. The KV-cache path (`_cached_self_attention`) is
-the same processor code with past keys/values prepended.
+Attention: by default self- and cross-attention go through `block.attn1` / `block.attn2`, i.e.
+the native `WanAttnProcessor` (and `dispatch_attention_fn`), self-attention with a dense
+(B, 1, Lv, Lv) mask. `set_attention(processor)` routes self-attention through an attention
+processor of model/attention.py instead (the interface of `LCT.set_attention`: the shot-block
+plan, no L x L mask), with the same projections, norms and RoPE (`_qkv`). That is the
+sequence-parallel hook: training's Ulysses processor on a batch whose video tokens are sharded
+(`shard_batch(..., text=False)`: Wan's text is only cross-attended, per token, so every rank keeps
+all of it); the processor's `shard` picks this rank's RoPE positions. The KV-cache path
+(`_cached_self_attention`) is the same code with past keys/values prepended (single device).
 """
 
 from __future__ import annotations
@@ -151,10 +156,11 @@ class SceneWanBlock(WanTransformerBlock):
 
     def forward(self, x: Tensor, ctx: Tensor, temb: Tensor, shot: Tensor, rotary: tuple[Tensor, Tensor],
                 mask: Tensor | None, ctx_mask: Tensor | None, past: tuple[Tensor, Tensor] | None = None,
-                keep_kv: bool = False):
+                keep_kv: bool = False, attention=None):
         """x (B, Lv, D); ctx (B, Lc', D) projected text; temb (B, S, 6, D) per shot; shot (B, Lv) the
         shot index of each token (0 at padding); rotary two (B, Lv, 1, head_dim); mask (B, 1, Lv, Lv)
-        or None; ctx_mask (B, 1, Lv, Lc') or None; past (k, v) (B, heads, Lp, head_dim) history."""
+        or None (or the AttentionPlan of `attention`, a model/attention.py processor, when given);
+        ctx_mask (B, 1, Lv, Lc') or None; past (k, v) (B, heads, Lp, head_dim) history."""
         B = x.shape[0]
         mod = (self.scale_shift_table.unsqueeze(0) + temb.float())           # (B, S, 6, D)
         mod = mod[torch.arange(B, device=x.device)[:, None], shot]           # (B, Lv, 6, D)
@@ -163,7 +169,9 @@ class SceneWanBlock(WanTransformerBlock):
         # 1. Self-attention (the native processor unless a KV-cache is involved)
         norm_x = (self.norm1(x.float()) * (1 + scale_msa) + shift_msa).type_as(x)
         kv = None
-        if past is None and not keep_kv:
+        if attention is not None:                                  # a model/attention.py processor + plan
+            attn_output = _routed_self_attention(self.attn1, norm_x, rotary, attention, mask)
+        elif past is None and not keep_kv:
             attn_output = self.attn1(norm_x, None, mask, rotary)
         else:
             attn_output, kv = _cached_self_attention(self.attn1, norm_x, rotary, mask, past)
@@ -180,11 +188,8 @@ class SceneWanBlock(WanTransformerBlock):
         return x, kv
 
 
-def _cached_self_attention(attn, x: Tensor, rotary, mask: Tensor | None, past):
-    """WanAttnProcessor's self-attention (no fused projections, no image branch) with past K/V.
-
-    x (B, L, D) -> (out (B, L, D), (k, v) (B, heads, L, head_dim) of these tokens after norm + RoPE).
-    """
+def _qkv(attn, x: Tensor, rotary) -> tuple[Tensor, Tensor, Tensor]:
+    """WanAttnProcessor's q, k, v (no fused projections, no image branch): x (B, L, D) -> (B, L, heads, head_dim)."""
     q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
     q, k = attn.norm_q(q), attn.norm_k(k)
     q, k, v = (y.unflatten(2, (attn.heads, -1)) for y in (q, k, v))   # (B, L, heads, head_dim)
@@ -198,7 +203,22 @@ def _cached_self_attention(attn, x: Tensor, rotary, mask: Tensor | None, past):
         out[..., 1::2] = x1 * s + x2 * c
         return out.type_as(h)
 
-    q, k = rotate(q), rotate(k)
+    return rotate(q), rotate(k), v
+
+
+def _routed_self_attention(attn, x: Tensor, rotary, attention, plan) -> Tensor:
+    """Self-attention through a model/attention.py processor: x (B, L, D) -> (B, L, D)."""
+    q, k, v = (y.transpose(1, 2) for y in _qkv(attn, x, rotary))       # (B, heads, L, head_dim)
+    out = attention(q, k, v, plan).transpose(1, 2).flatten(2, 3).type_as(q)
+    return attn.to_out[1](attn.to_out[0](out))
+
+
+def _cached_self_attention(attn, x: Tensor, rotary, mask: Tensor | None, past):
+    """WanAttnProcessor's self-attention with past K/V.
+
+    x (B, L, D) -> (out (B, L, D), (k, v) (B, heads, L, head_dim) of these tokens after norm + RoPE).
+    """
+    q, k, v = _qkv(attn, x, rotary)
     own = (k.transpose(1, 2), v.transpose(1, 2))                       # (B, heads, L, head_dim)
     if past is not None:
         k = torch.cat([past[0].transpose(1, 2), k], dim=1)
@@ -216,6 +236,11 @@ class WanLCT(WanTransformer3DModel):
     """A loaded `WanTransformer3DModel` with LCT's scene forward (see the module docstring)."""
 
     cfg: WanConfig
+    attention = None                 # a model/attention.py processor for self-attention; None = Wan's own
+
+    def set_attention(self, processor) -> None:
+        """Route self-attention through `processor` (the interface of LCT.set_attention); None = Wan's own."""
+        self.attention = processor
 
     @classmethod
     def wrap(cls, base: WanTransformer3DModel, cfg: WanConfig) -> "WanLCT":
@@ -262,8 +287,10 @@ class WanLCT(WanTransformer3DModel):
         for shapes in batch.latent_shapes:
             grids = [tuple(n // q for n, q in zip(s[1:], p)) for s in shapes]
             ids.append(shot_position_ids(grids))                              # (Lv_b, 3)
-        Lv = batch.vid.shape[1]
+        Lv = max(len(i) for i in ids)                                         # the whole scene's tokens
         ids = torch.stack([F.pad(i, (0, 0, 0, Lv - len(i))) for i in ids]).to(batch.vid.device)
+        if self.attention is not None:                                        # this rank's share of them
+            ids = self.attention.shard(ids)
         cos, sin = rope_frequencies(ids, self.cfg.rope_axes, 10_000.0)        # (B, Lv, head_dim // 2)
         return (cos.repeat_interleave(2, -1)[:, :, None], sin.repeat_interleave(2, -1)[:, :, None])
 
@@ -313,8 +340,11 @@ class WanLCT(WanTransformer3DModel):
         temb, proj, ctx = self._time(t, ctx.reshape(B, S * Lc, -1))           # ctx (B, S Lc, D)
 
         # 2. Masks: self-attention over the scene; cross-attention to the own shot's context only.
-        full = cfg.attention == "bidirectional" and bool((batch.vid_group >= 0).all())
-        mask = None if full else attention_mask(batch.vid_group, cfg.attention)   # (B, 1, Lv, Lv)
+        if self.attention is not None:                                        # the shot-block plan, no L x L
+            mask = self.attention.plan(batch.vid_group, cfg.attention)
+        else:
+            full = cfg.attention == "bidirectional" and bool((batch.vid_group >= 0).all())
+            mask = None if full else attention_mask(batch.vid_group, cfg.attention)   # (B, 1, Lv, Lv)
         ctx_mask = None
         if S > 1 or not bool(valid.all()):
             key_shot = torch.arange(S, device=x.device).repeat_interleave(Lc)      # (S Lc,)
@@ -325,9 +355,9 @@ class WanLCT(WanTransformer3DModel):
         for block in self.blocks:
             args = (x, ctx, proj, shot, rotary, mask, ctx_mask)
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x, _ = checkpoint(block, *args, use_reentrant=False)
+                x, _ = checkpoint(block, *args, attention=self.attention, use_reentrant=False)
             else:
-                x, _ = block(*args)
+                x, _ = block(*args, attention=self.attention)
 
         # 4. Output projection -> per-shot velocities.
         out = self._output(x, temb, shot)                                     # (B, Lv, patch_dim)

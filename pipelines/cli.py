@@ -278,6 +278,7 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML file with TrainConfig fields."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Training workers (Ray Train)."),
     zero: Optional[int] = typer.Option(None, "--zero", help="ZeRO stage 1, 2 or 3."),
+    sp: Optional[int] = typer.Option(None, "--sp", help="Sequence parallel degree P (Ulysses): each scene split over P workers; P divides --workers and the heads."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Total optimizer steps of the run (the LR schedule spans them)."),
     until: Optional[int] = typer.Option(None, "--until", help="Stop with a checkpoint at this step (resume later)."),
     attention: Optional[str] = typer.Option(None, "--attention", help="bidirectional or context_causal."),
@@ -301,7 +302,7 @@ def train(
         config = out / "config.yaml"            # resuming: the run's own config, flags override it
     cfg = _load_config(TrainConfig, config, {
         "data.dataset": str(data) if data else None, "model.preset": preset, "engine.workers": workers,
-        "engine.zero_stage": zero, "schedule.steps": steps, "model.attention": attention,
+        "engine.zero_stage": zero, "engine.sequence_parallel": sp, "schedule.steps": steps, "model.attention": attention,
         "model.init_from": str(init_from) if init_from else None, "engine.gpus_per_worker": gpus,
         "model.pretrained": str(pretrained.resolve()) if pretrained else None,
         "engine.precision": precision,

@@ -184,6 +184,9 @@ class EngineSection(_Strict):
     offload_params: bool = Field(False, description="Parameters on CPU (ZeRO-3 only).")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto = bf16 on CUDA, fp32 on CPU.")
     workers: int = Field(2, ge=1, description="Training processes (Ray Train workers).")
+    sequence_parallel: int = Field(
+        1, ge=1, description="Ulysses SP degree P: each scene is split over P consecutive ranks (L/P tokens each); "
+                             "P must divide the workers and the model's attention heads.")
     gpus_per_worker: int = Field(0, ge=0, le=1, description="1 = CUDA + NCCL, 0 = CPU + gloo.")
     cpus_per_worker: int = Field(1, ge=1, description="CPUs reserved per worker (and torch threads).")
     ray_address: str | None = Field(None, description="Ray cluster to join (default: RAY_ADDRESS, else local).")
@@ -293,6 +296,11 @@ class TrainConfig(_Strict):
                     f"data.{'codec' if what == 'codec' else 'text_kind'}={kind} needs data.{what}_path = a local "
                     f"model dir (nothing is downloaded); or use {'codec: pixel' if what == 'codec' else 'text_kind: minilm'}"
                 )
+        if engine.sequence_parallel > 1:
+            from .sequence_parallel import check_heads, check_world
+
+            check_heads(lct.heads, engine.sequence_parallel)
+            check_world(engine.workers, engine.sequence_parallel)
         if engine.zero_stage == 3 and self.optim.ema is not None:
             raise ValueError("optim.ema needs the full weights on every rank: use zero_stage 1 or 2, or ema: null")
         if engine.offload_params and engine.zero_stage != 3:

@@ -3,6 +3,7 @@
     t = sample_timesteps(shot_mask, recipe, gen)             # (B, S): one t per shot (async) or per scene (sync)
     noisy, targets = add_noise(latents, t, gen)              # z_t = (1 - t) z0 + t eps,  target v = eps - z0
     loss, per_shot = flow_loss(velocities, targets, shot_mask)   # mean over real shots of per-shot MSE
+    part, per_part = token_flow_loss(out, target, group, shot_mask, numel)   # the same on a token subset
 
 Prompt dropout (classifier-free guidance): `drop_prompts(seed, step, micro, p)` decides for a
 whole micro-batch, the same on every rank (ZeRO-3 needs every rank to run the same modules:
@@ -10,8 +11,10 @@ a rank with zero-length text would skip the text stream's backward hooks), and t
 scenes get model.sampling.null_scene, the very null prompt the sampler uses for guidance.
 
 The loss is computed per shot (mean over its elements) and averaged over the real, unpadded
-shots of the batch, so a long shot and an image shot weigh the same. `bucket_losses` splits the
-per-shot losses by timestep for logging.
+shots of the batch, so a long shot and an image shot weigh the same. `token_flow_loss` is that
+loss on packed video tokens (`pack_targets`); on a subset of the tokens (one rank's sequence shard,
+training/sequence_parallel.py) it gives that subset's share, and the shares sum to the loss.
+`bucket_losses` splits the per-shot losses by timestep for logging.
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from __future__ import annotations
 import zlib
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from model.lct import patchify
 
 from .config import RecipeSection
 
@@ -74,6 +80,23 @@ def flow_loss(velocities: list[list[Tensor]], targets: list[list[Tensor]], shot_
         pad = [velocities[b][0].new_zeros((), dtype=torch.float32)] * (S - len(row))
         rows.append(torch.stack(row + pad))
     per_shot = torch.stack(rows)                                     # (B, S)
+    mask = shot_mask.to(per_shot.device, per_shot.dtype)
+    return (per_shot * mask).sum() / mask.sum(), per_shot
+
+
+def pack_targets(targets: list[list[Tensor]], length: int, patch: tuple[int, int, int]) -> Tensor:
+    """Targets v[b][i] (C, F, H, W) -> (B, length, patch_dim) in the order of collate's video tokens."""
+    rows = [torch.cat([patchify(y, patch) for y in shots]) for shots in targets]   # (Lv_b, patch_dim)
+    return torch.stack([F.pad(r, (0, 0, 0, length - len(r))) for r in rows])
+
+
+def token_flow_loss(out: Tensor, target: Tensor, group: Tensor, shot_mask: Tensor, numel: Tensor) -> tuple[Tensor, Tensor]:
+    """flow_loss over packed tokens: out, target (B, L, patch_dim); group (B, L) shot i + 1 (-1 = padding);
+    numel (B, S) elements of each whole shot. Returns (loss, (B, S) per-shot MSE) of these tokens' share."""
+    B, S = shot_mask.shape
+    err = ((out.float() - target.to(out.device).float()) ** 2).sum(-1)              # (B, L)
+    sums = err.new_zeros(B, S + 1).scatter_add(1, group.clamp(min=0), err)[:, 1:]   # column 0 = padding
+    per_shot = sums / numel.to(sums.device).clamp(min=1)                           # (B, S)
     mask = shot_mask.to(per_shot.device, per_shot.dtype)
     return (per_shot * mask).sum() / mask.sum(), per_shot
 

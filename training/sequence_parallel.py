@@ -15,17 +15,97 @@ seen as keys), and rank r keeps the r-th contiguous chunk of each. After the all
 sequence is [txt_0; vid_0; txt_1; vid_1; ...], a permutation of [text; video]; attention is
 permutation equivariant given each token's group (all-gathered once per forward in `plan`)
 and RoPE is applied before, so the result equals the unsharded one.
+
+In training (training/train.py, `engine.sequence_parallel: P`): `sp_group(P)` makes groups of P
+consecutive ranks; the P ranks of a group read the same scenes and draw the same timesteps and
+noise (DP rank = rank // P), each runs its shard, and `sharded_flow_loss` makes the loss and the
+gradients those of the whole scene. ZeRO partitions over all ranks (DP x SP); DeepSpeed sees
+every rank as data parallel, so its train_batch_size counts each scene P times.
 """
 
 from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.attention import AttentionPlan, attend, plan_attention
+from model.attention import AttentionPlan, BlockAttention, attend, plan_attention
 from model.lct import Batch
+
+from .objective import pack_targets, token_flow_loss
+
+
+def check_world(world: int, degree: int) -> None:
+    """SP groups are P consecutive ranks: P must divide the world size (teaching error otherwise)."""
+    if degree < 1 or world % degree:
+        raise ValueError(
+            f"engine.sequence_parallel = {degree} does not divide the {world} training workers; every SP group "
+            f"is {degree} consecutive ranks: set engine.workers (--workers) to a multiple of {degree}"
+        )
+
+
+@dataclass(frozen=True)
+class SequenceParallel:
+    """This rank's place: SP group (P consecutive ranks; None at P = 1), rank in it, and its DP rank."""
+
+    group: object
+    degree: int                      # P
+    rank: int                        # rank within the SP group: which chunk of the tokens it holds
+    dp_rank: int                     # rank // P: which scenes (data, timesteps, noise)
+    dp_world: int                    # world // P: scenes per micro-step over the world
+
+
+def sp_group(degree: int) -> SequenceParallel:
+    """Build the SP groups (collective: every rank makes every group) and return this rank's place."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    check_world(world, degree)
+    group = None
+    if degree > 1:
+        for first in range(0, world, degree):
+            ranks = list(range(first, first + degree))
+            made = dist.new_group(ranks)
+            if rank in ranks:
+                group = made
+    return SequenceParallel(group, degree, rank % degree, rank // degree, world // degree)
+
+
+def sharded_flow_loss(out: Tensor, targets: list[list[Tensor]], full: Batch, local: Batch, sp: SequenceParallel,
+                      patch: tuple[int, int, int]) -> tuple[Tensor, Tensor, Tensor]:
+    """The flow loss of a sharded scene: (loss to backward, the scene's loss, (B, S) per-shot losses).
+
+    Each rank sums the squared errors of its own tokens (training.objective.token_flow_loss): the
+    P shares add up to the SP=1 loss. DeepSpeed averages gradients over all DP x SP ranks, while the
+    SP=1 gradient is the sum of the P ranks' shares, so each rank backpropagates P x its share.
+    The logged losses are the shares all-reduced over the SP group (no gradient).
+    """
+    target = shard_tokens(pack_targets(targets, full.vid.shape[1], patch), sp.rank, sp.degree)
+    numel = torch.zeros(full.shot_mask.shape, dtype=torch.float32)
+    for b, shapes in enumerate(full.latent_shapes):
+        numel[b, : len(shapes)] = torch.tensor([math.prod(s) for s in shapes], dtype=torch.float32)
+    share, per_share = token_flow_loss(out, target, local.vid_group, full.shot_mask, numel)
+    per_shot = per_share.detach().clone()
+    dist.all_reduce(per_shot, group=sp.group)
+    mask = full.shot_mask.to(per_shot.device, per_shot.dtype)
+    return share * sp.degree, (per_shot * mask).sum() / mask.sum(), per_shot
+
+
+@contextlib.contextmanager
+def single_device_attention(module):
+    """Run `module` on whole (unsharded) sequences for a while, e.g. to sample: plain BlockAttention."""
+    processor = getattr(module, "attention", None)
+    if processor is None or isinstance(processor, BlockAttention):
+        yield module
+        return
+    module.set_attention(BlockAttention())
+    try:
+        yield module
+    finally:
+        module.set_attention(processor)
 
 
 def check_heads(heads: int, degree: int) -> None:
@@ -87,6 +167,10 @@ class UlyssesAttention:
         dist.all_gather(parts, group_ids.contiguous(), group=self.group)
         return plan_attention(torch.cat(parts, dim=1), mode)
 
+    def shard(self, x: Tensor) -> Tensor:
+        """(B, L, ...) per-token values of the whole sequence -> this rank's chunk (as shard_batch cuts)."""
+        return shard_tokens(x, self.rank, self.degree)
+
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, plan: AttentionPlan | None) -> Tensor:
         check_heads(q.shape[1], self.degree)
         P, g = self.degree, self.group
@@ -100,18 +184,31 @@ def shard_slices(length: int, degree: int, rank: int) -> tuple[int, int]:
     return rank * per, (rank + 1) * per
 
 
-def shard_batch(batch: Batch, rank: int, degree: int) -> Batch:
-    """This rank's share of every scene: Lt/P text and Lv/P video tokens (padded with group -1)."""
-    Lt, Lv = batch.txt.shape[1], batch.vid.shape[1]
+def shard_tokens(x: Tensor, rank: int, degree: int, value: float = 0) -> Tensor:
+    """(B, L, ...) -> (B, ceil(L / P), ...): rank's chunk of x padded along dim 1 with `value`."""
+    length = x.shape[1]
+    start, end = shard_slices(length, degree, rank)
+    padded = shard_slices(length, degree, degree - 1)[1]          # P x ceil(length / P)
+    return F.pad(x, (0, 0) * (x.ndim - 2) + (0, padded - length), value=value)[:, start:end]
 
-    def chunk(x: Tensor, length: int, value: float) -> Tensor:   # pad dim 1 to P chunks, take ours
-        start, end = shard_slices(length, degree, rank)
-        padded = shard_slices(length, degree, degree - 1)[1]      # P x ceil(length / P)
-        return F.pad(x, (0, 0) * (x.ndim - 2) + (0, padded - length), value=value)[:, start:end]
+
+def shard_batch(batch: Batch, rank: int, degree: int, text: bool = True) -> Batch:
+    """This rank's share of every scene: Lt/P text and Lv/P video tokens (padded with group -1).
+
+    text=False keeps all text tokens on every rank: the Wan backbone only cross-attends to text
+    (per video token), so its self-attention sequence is the video tokens alone.
+    """
+    Lt = batch.txt.shape[1]
+
+    def chunk(x: Tensor, value: float) -> Tensor:
+        return shard_tokens(x, rank, degree, value)
+
+    def chunk_text(x: Tensor, value: float) -> Tensor:
+        return chunk(x, value) if text else x
 
     return Batch(
-        txt=chunk(batch.txt, Lt, 0), txt_group=chunk(batch.txt_group, Lt, -1),
-        vid=chunk(batch.vid, Lv, 0), vid_group=chunk(batch.vid_group, Lv, -1),
-        ids=torch.cat([chunk(batch.ids[:, :Lt], Lt, 0), chunk(batch.ids[:, Lt:], Lv, 0)], dim=1),
+        txt=chunk_text(batch.txt, 0), txt_group=chunk_text(batch.txt_group, -1),
+        vid=chunk(batch.vid, 0), vid_group=chunk(batch.vid_group, -1),
+        ids=torch.cat([chunk_text(batch.ids[:, :Lt], 0), chunk(batch.ids[:, Lt:], 0)], dim=1),
         pooled=batch.pooled, shot_mask=batch.shot_mask, latent_shapes=batch.latent_shapes,
     )

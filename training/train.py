@@ -42,6 +42,7 @@ from .engine import (
 from .metrics import MetricsWriter, matmul_peak, peak_memory_mb, rank_state_mb, read_metrics, train_step_flops
 from .objective import add_noise, bucket_losses, drop_prompts, flow_loss, model_timesteps, sample_timesteps
 from .resume import choose_checkpoint
+from .sequence_parallel import UlyssesAttention, shard_batch, sharded_flow_loss, single_device_attention, sp_group
 from .validation import validation_scene, write_samples
 
 log = logging.getLogger("lct.train")
@@ -121,6 +122,7 @@ def train_worker(args: dict) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING, format="%(message)s")
+    sp = sp_group(eng.sequence_parallel)             # SP groups of P consecutive ranks; data by sp.dp_rank
 
     # 2. Resume point: the latest checkpoint; another world size goes through a universal checkpoint.
     with resume_point(run_dir, under_ray, args.get("resume_from")) as ckpt:
@@ -137,6 +139,8 @@ def train_worker(args: dict) -> None:
         lct_cfg = cfg.arch()
         torch.manual_seed(sched.seed)                     # the same initial weights on every rank and run
         model = build_model(cfg)
+        if sp.degree > 1:                                 # heads % P was checked with the config
+            model.set_attention(UlyssesAttention(sp.group))
         engine = init_engine(model, cfg, world, universal)
         ema = EMA(engine.module, cfg.optim.ema) if cfg.optim.ema else None
         if ckpt:
@@ -144,24 +148,25 @@ def train_worker(args: dict) -> None:
             if rank == 0:
                 log.info("resumed from %s at step %d", ckpt, state["step"])
     step = state["step"] if state else 0
-    positions = (state or {}).get("data", {})
-    if universal or str(rank) not in positions:          # ranks changed: start the next epoch afresh
+    positions = (state or {}).get("data", {})             # per DP rank (SP ranks read the same scenes)
+    saved_dp = state["world_size"] // state.get("sequence_parallel", 1) if state else None
+    if saved_dp != sp.dp_world or str(sp.dp_rank) not in positions:   # DP ranks changed: next epoch afresh
         epoch = max((p["epoch"] for p in positions.values()), default=-1) + 1 if positions else 0
         position = {"epoch": epoch, "index": 0}
     else:
-        position = positions[str(rank)]
+        position = positions[str(sp.dp_rank)]
 
     text = TextEncoder(data.text_config())
     codec = build_codec(data.codec_config())
-    stream = SceneStream(data.dataset, rank, world, sched.seed, data.shuffle_buffer, data.holdout)
+    stream = SceneStream(data.dataset, sp.dp_rank, sp.dp_world, sched.seed, data.shuffle_buffer, data.holdout)
     loader = SceneLoader(stream, data, cfg.recipe, cfg.window_shots, sched.seed, text, codec, **position)
     val_scene = validation_scene(data.dataset, data, cfg.window_shots, data.holdout)
     writer = MetricsWriter(run_dir) if rank == 0 else None
     peak = matmul_peak(device.type) if rank == 0 else None
     if rank == 0:
-        log.info("training %s (%.2fM params) on %d %s workers, ZeRO-%d, steps %d -> %d",
+        log.info("training %s (%.2fM params) on %d %s workers, ZeRO-%d, sequence parallel %d, steps %d -> %d",
                  cfg.model.pretrained or cfg.model.preset, sum(p.numel() for p in model.parameters()) / 1e6, world, device.type,
-                 eng.zero_stage, step, until)
+                 eng.zero_stage, sp.degree, step, until)
 
     # 4. The loop.
     buckets: dict[str, list[float]] = {}
@@ -172,7 +177,7 @@ def train_worker(args: dict) -> None:
             scenes = [loader.next().scene for _ in range(cfg.optim.micro_batch)]
             if drop_prompts(sched.seed, step, micro, cfg.recipe.text_dropout):
                 scenes = [null_scene(s) for s in scenes]                        # CFG's null prompt
-            gen = step_generator(sched.seed, step, rank, micro)
+            gen = step_generator(sched.seed, step, sp.dp_rank, micro)            # the same in an SP group
             shot_mask = torch.zeros(len(scenes), max(len(s.shots) for s in scenes), dtype=torch.bool)
             for b, s in enumerate(scenes):
                 shot_mask[b, : len(s.shots)] = True
@@ -182,17 +187,23 @@ def train_worker(args: dict) -> None:
                 [Scene(s.global_text, [Shot(sh.text, z) for sh, z in zip(s.shots, zs)]) for s, zs in zip(scenes, noisy)],
                 lct_cfg,
             ).to(device)
-            out = engine(batch, model_timesteps(t, device), packed=True)          # (B, Lv, patch_dim)
-            velocities = unpack(out, batch, lct_cfg.patch)                        # v[b][i] (C, F, H, W)
-            loss, per_shot = flow_loss(velocities, targets, batch.shot_mask)
-            engine.backward(loss)
+            if sp.degree == 1:
+                out = engine(batch, model_timesteps(t, device), packed=True)      # (B, Lv, patch_dim)
+                velocities = unpack(out, batch, lct_cfg.patch)                    # v[b][i] (C, F, H, W)
+                loss, per_shot = flow_loss(velocities, targets, batch.shot_mask)
+                engine.backward(loss)
+            else:                                                                 # this rank's L / P tokens
+                local = shard_batch(batch, sp.rank, sp.degree, text=cfg.model.backbone != "wan")
+                out = engine(local, model_timesteps(t, device), packed=True)      # (B, ceil(Lv / P), patch_dim)
+                share, loss, per_shot = sharded_flow_loss(out, targets, batch, local, sp, lct_cfg.patch)
+                engine.backward(share)
             engine.step()
             losses.append(loss.detach().float())
             for key, (total, count) in bucket_losses(per_shot, t, shot_mask).items():
                 acc = buckets.setdefault(key, [0.0, 0])
                 acc[0], acc[1] = acc[0] + total, acc[1] + count
             tokens += batch.txt.shape[1] * batch.txt.shape[0] + batch.vid.shape[1] * batch.vid.shape[0]
-            flops += train_step_flops(lct_cfg, batch) if cfg.model.backbone != "wan" else 0
+            flops += train_step_flops(lct_cfg, batch) / sp.degree if cfg.model.backbone != "wan" else 0
         step += 1
         if ema is not None:
             ema.update(engine.module)
@@ -206,8 +217,8 @@ def train_worker(args: dict) -> None:
                 "grad_norm": float(engine.get_global_grad_norm() or 0.0),
                 "lr": float(engine.get_lr()[0]),
                 "step_s": step_s,
-                "samples_per_s": cfg.optim.micro_batch * cfg.optim.grad_accum * world / step_s,
-                "tokens_per_s": tokens * world / step_s,
+                "samples_per_s": cfg.optim.micro_batch * cfg.optim.grad_accum * sp.dp_world / step_s,
+                "tokens_per_s": tokens * sp.dp_world / step_s,
                 "data_wait": (loader.wait_s - waited) / step_s,
                 "peak_mem_mb": peak_memory_mb(device.type),
                 "state_mb": rank_state_mb(engine),
@@ -223,8 +234,8 @@ def train_worker(args: dict) -> None:
                 positions = [None] * world
                 dist.all_gather_object(positions, loader.position)
                 state = {
-                    "step": step, "world_size": world, "seed": sched.seed,
-                    "data": {str(r): p for r, p in enumerate(positions)},
+                    "step": step, "world_size": world, "sequence_parallel": sp.degree, "seed": sched.seed,
+                    "data": {str(r // sp.degree): p for r, p in enumerate(positions)},   # by DP rank
                     "config": cfg.model_dump(mode="json"),
                 }
                 save(engine, run_dir, step, state, ema, {**metrics, "step": step}, cfg, under_ray)
@@ -233,15 +244,17 @@ def train_worker(args: dict) -> None:
 
                 ray.train.report({**metrics, "step": step})
         if sched.sample_every and step % sched.sample_every == 0 and not last:
-            written = write_samples(engine.module, val_scene, text, codec, run_dir / "samples" / f"step-{step:06d}",
-                                    sched.sample_steps, data.fps, sched.seed, write=rank == 0)
+            with single_device_attention(engine.module):             # every rank samples the whole scene
+                written = write_samples(engine.module, val_scene, text, codec, run_dir / "samples" / f"step-{step:06d}",
+                                        sched.sample_steps, data.fps, sched.seed, write=rank == 0)
             if writer:
                 writer.images(written, step)
 
     # 5. Samples at the end and the export (weights + what inference needs).
     loader.close()
-    written = write_samples(engine.module, val_scene, text, codec, run_dir / "samples" / f"step-{step:06d}",
-                            sched.sample_steps, data.fps, sched.seed, write=rank == 0)
+    with single_device_attention(engine.module):
+        written = write_samples(engine.module, val_scene, text, codec, run_dir / "samples" / f"step-{step:06d}",
+                                sched.sample_steps, data.fps, sched.seed, write=rank == 0)
     path = export(engine, cfg, run_dir, step, ema)
     if rank == 0:
         log.info("exported step %d to %s", step, path)

@@ -97,6 +97,167 @@ def test_sp2_equals_sp1(attention, tmp_path):
         torch.testing.assert_close(got["grads"][name], grad, atol=1e-5, rtol=0, msg=lambda m: f"{name}: {m} (max |grad| {grad.abs().max():.3g})")
 
 
+# -- the Wan backbone: the same hook (set_attention), video tokens sharded, text on every rank ----
+def wan_model(folder: str, attention: str):
+    from diffusers import WanTransformer3DModel
+
+    from model.wan import load_wan_transformer
+
+    model = load_wan_transformer(folder, attention=attention, text_len=6)
+    torch.manual_seed(1)                                      # random non-zero weights everywhere
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    assert isinstance(model, WanTransformer3DModel)
+    return model
+
+
+def wan_batch(model):
+    g = torch.Generator().manual_seed(3)
+    C, D = model.cfg.latent_channels, model.cfg.text_dim
+    def scene(grids, global_len, text_len):
+        return Scene(torch.randn(global_len, D, generator=g),
+                     [Shot(torch.randn(text_len + i, D, generator=g), torch.randn(C, *grid, generator=g))
+                      for i, grid in enumerate(grids)])
+    batch = collate([scene([(1, 2, 6), (3, 2, 2), (1, 6, 2)], 2, 2), scene([(1, 2, 2)], 3, 1)], model.cfg)
+    assert batch.vid.shape[1] % 2                             # Lv = 9: a padded token on rank 1
+    return batch, torch.tensor([[0.2, 0.5, 0.9], [0.7, 0.1, 0.3]])
+
+
+def wan_weights(batch) -> torch.Tensor:
+    """(B, Lv, patch_dim) loss weights, zero at padding, O(1) gradients."""
+    B, Lv = batch.vid_group.shape
+    w = torch.randn(B, Lv, batch.vid.shape[2], generator=torch.Generator().manual_seed(5))
+    return w * (batch.vid_group >= 0)[..., None] / Lv
+
+
+def wan_sp_worker(rank: int, world: int, port: int, folder: str, attention: str, path: str) -> None:
+    from training.sequence_parallel import shard_tokens
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = wan_model(folder, attention)
+        batch, t = wan_batch(model)
+        model.set_attention(UlyssesAttention())
+        local = shard_batch(batch, rank, world, text=False)
+        out = model(local, t, packed=True)                    # (B, ceil(Lv / P), patch_dim)
+        (out * shard_tokens(wan_weights(batch), rank, world)).sum().backward()
+        parts = [torch.empty_like(out) for _ in range(world)]
+        dist.all_gather(parts, out.detach())
+        for p in model.parameters():
+            dist.all_reduce(p.grad)
+        if rank == 0:
+            torch.save({"out": torch.cat(parts, dim=1)[:, : batch.vid.shape[1]],
+                        "grads": {n: p.grad for n, p in model.named_parameters()}}, path)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("attention", ["bidirectional", "context_causal"])
+def test_wan_sp2_equals_sp1(attention, tmp_path):
+    from examples.make_tiny_wan import make_tiny_wan
+
+    folder = str(make_tiny_wan(tmp_path / "wan", seed=0, text_encoder=False))
+    path = str(tmp_path / "sp2.pt")
+    mp.start_processes(wan_sp_worker, args=(2, free_port(), folder, attention, path), nprocs=2, join=True,
+                       start_method="spawn")
+    got = torch.load(path, weights_only=True)
+    model = wan_model(folder, attention)                      # SP = 1: Wan's own processor, dense mask
+    batch, t = wan_batch(model)
+    out = model(batch, t, packed=True)
+    (out * wan_weights(batch)).sum().backward()
+    real = batch.vid_group >= 0
+    assert out[real].abs().mean() > 1e-2
+    torch.testing.assert_close(got["out"][real], out.detach()[real], atol=1e-5, rtol=0)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(got["grads"][name], p.grad, atol=1e-5, rtol=0, msg=lambda m: f"{name}: {m}")
+
+
 def test_heads_not_divisible_teaches():
     with pytest.raises(ValueError, match=r"does not divide the model's 4 attention heads.*\[1, 2, 4\]"):
         check_heads(4, 3)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--workers", "4", "--sp", "3"], "does not divide the model's 4 attention heads"),
+    (["--workers", "3", "--sp", "2"], "does not divide the 3 training workers"),
+])
+def test_cli_sp_errors_exit_2_before_any_worker(flags, message, tmp_path):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "run"), "--preset", "lct-debug", *flags])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+# -- training: `engine.sequence_parallel` through the plain torchrun launcher --------------------
+def torchrun(run, nproc: int, cfg) -> None:
+    """RUN/config.yaml <- cfg, then `torchrun -m training.train RUN` with nproc gloo workers."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from training.config import dump_yaml
+
+    (run / "config.yaml").write_text(dump_yaml(cfg))
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    launcher = Path(sys.executable).with_name("torchrun")
+    proc = subprocess.run([str(launcher), "--nproc-per-node", str(nproc), "--master-port", str(free_port()),
+                           "-m", "training.train", str(run)], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def sp_config(curated, sp: int):
+    from training.config import TrainConfig
+
+    return TrainConfig.model_validate({
+        "data": {"dataset": str(curated), "frames": 2, "size": [16, 16]},
+        "model": {"preset": "lct-debug"},            # 4 heads: 2 per rank at P = 2
+        "engine": {"workers": sp, "zero_stage": 2, "sequence_parallel": sp},
+        "optim": {"lr": 1e-2, "warmup_steps": 1},   # large steps: the losses follow the gradients
+        "schedule": {"steps": 4, "checkpoint_every": 2, "sample_steps": 1},
+    })
+
+
+@pytest.mark.slow
+def test_sp2_training_equals_sp1_and_resumes_at_sp1(curated, tmp_path):
+    """4 steps at SP=2 (2 workers, one DP group) == 4 steps at SP=1 on 1 worker: the same scenes,
+    timesteps and noise, so equal losses mean the sharded loss and the gradient scaling are right
+    (steps 2-4 train on the weights the earlier gradients made). Then the SP=2 checkpoint of step 2
+    resumes at SP=1 on 1 worker (universal checkpoint) and steps 3-4 equal the SP=1 run's."""
+    import json
+    import shutil
+
+    from training.metrics import read_metrics
+
+    sp1, sp2 = tmp_path / "sp1", tmp_path / "sp2"
+    sp1.mkdir(), sp2.mkdir()
+    torchrun(sp1, 1, sp_config(curated, 1))
+    torchrun(sp2, 2, sp_config(curated, 2))
+    a, b = read_metrics(sp1), read_metrics(sp2)
+    assert [m["step"] for m in a] == [m["step"] for m in b] == [1, 2, 3, 4]
+    print("SP=1 losses", [m["loss"] for m in a], "\nSP=2 losses", [m["loss"] for m in b])
+    for x, y in zip(a, b):
+        assert abs(x["loss"] - y["loss"]) <= 1e-5, (x["step"], x["loss"], y["loss"])
+        assert abs(x["grad_norm"] - y["grad_norm"]) <= 1e-4 * max(1.0, x["grad_norm"]), (x["step"], x["grad_norm"], y["grad_norm"])
+        assert x["samples_per_s"] > 0 and y["samples_per_s"] > 0
+    state = json.loads((sp2 / "checkpoints" / "step-000004" / "state.json").read_text())
+    assert state["sequence_parallel"] == 2 and state["world_size"] == 2 and set(state["data"]) == {"0"}
+
+    # resume the SP=2 run from step 2 at SP=1 on one worker
+    resumed = tmp_path / "resumed"
+    shutil.copytree(sp2, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step-000004")
+    (resumed / "metrics.jsonl").unlink()
+    torchrun(resumed, 1, sp_config(curated, 1))
+    assert (resumed / "checkpoints" / "step-000002" / "ds_universal").is_dir()
+    c = {m["step"]: m["loss"] for m in read_metrics(resumed)}
+    print("SP=2 -> SP=1 resumed losses", c)
+    assert set(c) == {3, 4}
+    for step in (3, 4):
+        assert abs(c[step] - a[step - 1]["loss"]) <= 1e-5, (step, c[step], a[step - 1]["loss"])

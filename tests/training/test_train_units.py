@@ -54,6 +54,9 @@ def test_config_yaml_round_trip():
     ({"optim": {"lr": 1e-3, "warmup": 3}}, "Extra inputs are not permitted"),
     ({"data": {"codec": "vae"}}, "data.codec=vae needs data.codec_path"),
     ({"data": {"text_kind": "t5"}}, "data.text_kind=t5 needs data.text_path"),
+    ({"engine": {"sequence_parallel": 3, "workers": 3}}, "does not divide the model's 4 attention heads; Ulysses gives "
+                                                         "each rank heads / P of them: use one of [1, 2, 4]"),
+    ({"engine": {"sequence_parallel": 2, "workers": 3}}, "does not divide the 3 training workers"),
 ])
 def test_bad_configs_are_refused_with_the_reason(sections, message):
     with pytest.raises(ValidationError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -191,6 +194,32 @@ def test_flow_loss_is_mean_over_real_shots():
     assert torch.allclose(loss, torch.stack(expected).mean()) and per_shot[1, 1] == 0
     buckets = bucket_losses(per_shot, t, mask)
     assert sum(c for _, c in buckets.values()) == 3 and buckets["t0.75-1.00"][1] == 1
+
+
+def test_token_flow_loss_shares_over_token_shards_sum_to_flow_loss():
+    """The loss sequence parallelism uses: packed tokens, split in P chunks, shares add up to flow_loss."""
+    from model import PRESETS, Scene, Shot, collate
+    from model.lct import unpack
+    from training.objective import pack_targets, token_flow_loss
+    from training.sequence_parallel import shard_tokens
+
+    cfg, gen = PRESETS["lct-debug"], torch.Generator().manual_seed(0)
+    shapes = [[(3, 1, 4, 6), (3, 2, 2, 2)], [(3, 1, 2, 2)]]
+    targets = [[torch.randn(s, generator=gen) for s in row] for row in shapes]
+    v = [[torch.randn(s, generator=gen) for s in row] for row in shapes]
+    batch = collate([Scene(torch.zeros(1, cfg.text_dim), [Shot(torch.zeros(1, cfg.text_dim), z) for z in row]) for row in v], cfg)
+    mask = batch.shot_mask
+    loss, per_shot = flow_loss(unpack(batch.vid, batch, cfg.patch), targets, mask)
+    numel = torch.tensor([[float(torch.Size(s).numel()) for s in row] + [0.0] * (2 - len(row)) for row in shapes])
+    target = pack_targets(targets, batch.vid.shape[1], cfg.patch)                 # (B, Lv, patch_dim)
+    whole, whole_per_shot = token_flow_loss(batch.vid, target, batch.vid_group, mask, numel)
+    assert torch.allclose(whole, loss, atol=1e-6) and torch.allclose(whole_per_shot, per_shot, atol=1e-6)
+    P = 3                                                                         # Lv = 8 tokens: chunks of 3, 3, 2
+    parts = [token_flow_loss(shard_tokens(batch.vid, r, P), shard_tokens(target, r, P),
+                             shard_tokens(batch.vid_group, r, P, -1), mask, numel) for r in range(P)]
+    assert all(p.item() > 0 for p, _ in parts)
+    assert torch.allclose(sum(p for p, _ in parts), loss, atol=1e-6)
+    assert torch.allclose(sum(s for _, s in parts), per_shot, atol=1e-6)
 
 
 def test_prompt_dropout_is_rank_independent_and_has_its_rate():
