@@ -93,6 +93,23 @@ def test_scene_alone_equals_scene_padded_in_a_batch(wan_dir, attention):
         assert (a - b).abs().max() <= ATOL
 
 
+@pytest.mark.parametrize("attention", ["bidirectional", "context_causal"])
+def test_set_attention_routes_self_attention_through_the_shot_block_processor(wan_dir, attention):
+    """The sequence-parallel hook: Wan with model.attention's BlockAttention == Wan's own dense-mask path."""
+    from model.attention import BlockAttention
+
+    model = load(wan_dir, attention, text_len=6)
+    scenes = [make_scene(model, SHAPES[:1], seed=1, global_len=2), make_scene(model, SHAPES, seed=2)]
+    t = torch.tensor([[0.4, 0.123, 0.456], [0.1, 0.6, 0.8]])
+    native = run(model, scenes, t)
+    model.set_attention(BlockAttention())
+    routed = run(model, scenes, t)
+    for a, b in zip(native[0] + native[1], routed[0] + routed[1]):
+        assert (a - b).abs().max() <= ATOL
+    model.set_attention(None)
+    assert model.attention is None and "attention" not in dict(model.named_modules())
+
+
 def _change_shot(scene, j):
     shots = list(scene.shots)
     shots[j] = Shot(text=shots[j].text + 1.0, latent=shots[j].latent.flip(-1) + 0.5)

@@ -225,11 +225,11 @@ def sp_config(curated, sp: int):
 
 
 @pytest.mark.slow
-def test_sp2_training_equals_sp1_and_resumes_at_sp1(curated, tmp_path):
+def test_sp2_training_equals_sp1_and_resumes_across_degrees(curated, tmp_path):
     """4 steps at SP=2 (2 workers, one DP group) == 4 steps at SP=1 on 1 worker: the same scenes,
     timesteps and noise, so equal losses mean the sharded loss and the gradient scaling are right
-    (steps 2-4 train on the weights the earlier gradients made). Then the SP=2 checkpoint of step 2
-    resumes at SP=1 on 1 worker (universal checkpoint) and steps 3-4 equal the SP=1 run's."""
+    (steps 2-4 train on the weights the earlier gradients made). Then the step-2 checkpoint of
+    each run resumes at the other degree (universal checkpoint) and steps 3-4 equal the SP=1 run's."""
     import json
     import shutil
 
@@ -249,15 +249,17 @@ def test_sp2_training_equals_sp1_and_resumes_at_sp1(curated, tmp_path):
     state = json.loads((sp2 / "checkpoints" / "step-000004" / "state.json").read_text())
     assert state["sequence_parallel"] == 2 and state["world_size"] == 2 and set(state["data"]) == {"0"}
 
-    # resume the SP=2 run from step 2 at SP=1 on one worker
-    resumed = tmp_path / "resumed"
-    shutil.copytree(sp2, resumed)
-    shutil.rmtree(resumed / "checkpoints" / "step-000004")
-    (resumed / "metrics.jsonl").unlink()
-    torchrun(resumed, 1, sp_config(curated, 1))
-    assert (resumed / "checkpoints" / "step-000002" / "ds_universal").is_dir()
-    c = {m["step"]: m["loss"] for m in read_metrics(resumed)}
-    print("SP=2 -> SP=1 resumed losses", c)
-    assert set(c) == {3, 4}
-    for step in (3, 4):
-        assert abs(c[step] - a[step - 1]["loss"]) <= 1e-5, (step, c[step], a[step - 1]["loss"])
+    # the step-2 checkpoint of each run resumed at the other degree: SP=2 -> SP=1 (2 -> 1 workers)
+    # and SP=1 -> SP=2 (1 -> 2 workers), both through the universal checkpoint
+    for source, sp, nproc in ((sp2, 1, 1), (sp1, 2, 2)):
+        resumed = tmp_path / f"{source.name}-at-sp{sp}"
+        shutil.copytree(source, resumed)
+        shutil.rmtree(resumed / "checkpoints" / "step-000004")
+        (resumed / "metrics.jsonl").unlink()
+        torchrun(resumed, nproc, sp_config(curated, sp))
+        assert (resumed / "checkpoints" / "step-000002" / "ds_universal").is_dir()
+        c = {m["step"]: m["loss"] for m in read_metrics(resumed)}
+        print(f"{source.name} step 2 resumed at SP={sp}:", c)
+        assert set(c) == {3, 4}
+        for step in (3, 4):
+            assert abs(c[step] - a[step - 1]["loss"]) <= 1e-5, (source.name, step, c[step], a[step - 1]["loss"])
