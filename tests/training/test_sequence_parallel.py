@@ -225,6 +225,7 @@ def sp_config(curated, sp: int):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1500)          # 5 torchrun launches; includes building the session `curated` fixture when run alone
 def test_sp2_training_equals_sp1_and_resumes_across_degrees(curated, tmp_path):
     """4 steps at SP=2 (2 workers, one DP group) == 4 steps at SP=1 on 1 worker: the same scenes,
     timesteps and noise, so equal losses mean the sharded loss and the gradient scaling are right
