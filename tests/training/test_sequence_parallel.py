@@ -219,18 +219,21 @@ def sp_config(curated, sp: int):
         "data": {"dataset": str(curated), "frames": 2, "size": [16, 16]},
         "model": {"preset": "lct-debug"},            # 4 heads: 2 per rank at P = 2
         "engine": {"workers": sp, "zero_stage": 2, "sequence_parallel": sp},
-        "optim": {"lr": 1e-2, "warmup_steps": 1},   # large steps: the losses follow the gradients
-        "schedule": {"steps": 4, "checkpoint_every": 2, "sample_steps": 1},
+        # large steps so the losses follow the gradients; the warm-up gives updates 1 and 2 lr 0, so
+        # updates 3-5 shape the losses of steps 4-6
+        "optim": {"lr": 1e-2, "warmup_steps": 1},
+        "schedule": {"steps": 6, "checkpoint_every": 3, "sample_steps": 1},
     })
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)          # 5 torchrun launches; includes building the session `curated` fixture when run alone
 def test_sp2_training_equals_sp1_and_resumes_across_degrees(curated, tmp_path):
-    """4 steps at SP=2 (2 workers, one DP group) == 4 steps at SP=1 on 1 worker: the same scenes,
-    timesteps and noise, so equal losses mean the sharded loss and the gradient scaling are right
-    (steps 2-4 train on the weights the earlier gradients made). Then the step-2 checkpoint of
-    each run resumes at the other degree (universal checkpoint) and steps 3-4 equal the SP=1 run's."""
+    """6 steps at SP=2 (2 workers, one DP group) == 6 steps at SP=1 on 1 worker: the same scenes,
+    timesteps and noise, so equal losses and gradient norms mean the sharded loss and the gradient
+    scaling are right (steps 4-6 train on the weights the earlier gradients made). Then the step-3
+    checkpoint of each run resumes at the other degree (universal checkpoint) and steps 4-6 equal
+    the SP=1 run's."""
     import json
     import shutil
 
@@ -241,26 +244,27 @@ def test_sp2_training_equals_sp1_and_resumes_across_degrees(curated, tmp_path):
     torchrun(sp1, 1, sp_config(curated, 1))
     torchrun(sp2, 2, sp_config(curated, 2))
     a, b = read_metrics(sp1), read_metrics(sp2)
-    assert [m["step"] for m in a] == [m["step"] for m in b] == [1, 2, 3, 4]
+    assert [m["step"] for m in a] == [m["step"] for m in b] == [1, 2, 3, 4, 5, 6]
     print("SP=1 losses", [m["loss"] for m in a], "\nSP=2 losses", [m["loss"] for m in b])
     for x, y in zip(a, b):
         assert abs(x["loss"] - y["loss"]) <= 1e-5, (x["step"], x["loss"], y["loss"])
         assert abs(x["grad_norm"] - y["grad_norm"]) <= 1e-4 * max(1.0, x["grad_norm"]), (x["step"], x["grad_norm"], y["grad_norm"])
         assert x["samples_per_s"] > 0 and y["samples_per_s"] > 0
-    state = json.loads((sp2 / "checkpoints" / "step-000004" / "state.json").read_text())
+    assert a[-1]["loss"] != a[2]["loss"]                         # the weights moved
+    state = json.loads((sp2 / "checkpoints" / "step-000006" / "state.json").read_text())
     assert state["sequence_parallel"] == 2 and state["world_size"] == 2 and set(state["data"]) == {"0"}
 
-    # the step-2 checkpoint of each run resumed at the other degree: SP=2 -> SP=1 (2 -> 1 workers)
+    # the step-3 checkpoint of each run resumed at the other degree: SP=2 -> SP=1 (2 -> 1 workers)
     # and SP=1 -> SP=2 (1 -> 2 workers), both through the universal checkpoint
     for source, sp, nproc in ((sp2, 1, 1), (sp1, 2, 2)):
         resumed = tmp_path / f"{source.name}-at-sp{sp}"
         shutil.copytree(source, resumed)
-        shutil.rmtree(resumed / "checkpoints" / "step-000004")
+        shutil.rmtree(resumed / "checkpoints" / "step-000006")
         (resumed / "metrics.jsonl").unlink()
         torchrun(resumed, nproc, sp_config(curated, sp))
-        assert (resumed / "checkpoints" / "step-000002" / "ds_universal").is_dir()
+        assert (resumed / "checkpoints" / "step-000003" / "ds_universal").is_dir()
         c = {m["step"]: m["loss"] for m in read_metrics(resumed)}
-        print(f"{source.name} step 2 resumed at SP={sp}:", c)
-        assert set(c) == {3, 4}
-        for step in (3, 4):
+        print(f"{source.name} step 3 resumed at SP={sp}:", c)
+        assert set(c) == {4, 5, 6}
+        for step in (4, 5, 6):
             assert abs(c[step] - a[step - 1]["loss"]) <= 1e-5, (source.name, step, c[step], a[step - 1]["loss"])
