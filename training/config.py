@@ -10,38 +10,20 @@ from __future__ import annotations
 
 import difflib
 import json
-import typing
-import warnings
 from pathlib import Path
 from typing import Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from dataprep.configfile import key_hints, read_yaml, renamed
 from model import PRESETS, LCTConfig, LatentCodecConfig, TextEncoderConfig
 from training.presets import TRAIN_PRESETS, train_preset
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def renamed(data, section: str, names: dict[str, str]):
-    """A config dict with keys renamed in a later version moved to their new names (old -> new), each
-    with a FutureWarning naming the new key, so configs and runs written before still load.
-    (A copy of dataprep.config.renamed: training reads its own config files without dataprep/config.py.)"""
-    if not isinstance(data, dict):
-        return data
-    for old, new in names.items():
-        if old not in data:
-            continue
-        if new in data:
-            raise ValueError(f"{section}.{old} is the old name of {section}.{new}: give only {section}.{new}")
-        warnings.warn(f"{section}.{old} is deprecated: it is now {section}.{new} (same meaning); rename the key "
-                      "in your config", FutureWarning, stacklevel=2)
-        data = {new if key == old else key: value for key, value in data.items()}
-    return data
 
 
 class ModelSection(_Strict):
@@ -333,55 +315,6 @@ def dump_yaml(cfg: TrainConfig) -> str:
 
 # -- YAML files and their errors (the same rules as dataprep/config.py: training does not import
 #    the curation config to read its own files, and dataprep never imports training) ---------------
-def read_yaml(path: str | Path):
-    """yaml.safe_load of a file; a syntax error becomes a ValueError naming file:line:column."""
-    path = Path(path)
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(e, "problem", None) or str(e)
-        raise ValueError(f"{where}: YAML syntax error: {problem} (fix the file; YAML needs `key: value` "
-                         "lines, consistent indentation and quotes around text with ': ' or '#')") from e
-
-
-def key_hints(err: ValidationError, cls: type[BaseModel]) -> list[str]:
-    """One "did you mean" line per unknown key of `err` (a validation error of `cls`):
-    `model.prest` -> "model.prest: unknown key; did you mean model.preset?", else the section's keys."""
-    hints = []
-    for e in err.errors():
-        if e["type"] != "extra_forbidden":
-            continue
-        *parents, bad = e["loc"]
-        section: type[BaseModel] | None = cls
-        for key in parents:
-            if section is not None and not isinstance(key, int):  # list indices stay on the item's model
-                section = _section_model(section, str(key))
-        if section is None:
-            continue
-        known = [f.alias or name for name, f in section.model_fields.items()]
-        close = difflib.get_close_matches(str(bad), known, n=1, cutoff=0.6)
-        where = ".".join(str(k) for k in e["loc"])
-        if close:
-            hints.append(f"{where}: unknown key; did you mean {'.'.join(str(k) for k in [*parents, close[0]])}?")
-        else:
-            hints.append(f"{where}: unknown key; this section knows {known}")
-    return hints
-
-
-def _section_model(model: type[BaseModel], key: str) -> type[BaseModel] | None:
-    """The pydantic model a field of `model` holds (through Optional / list[...]), or None."""
-    field = model.model_fields.get(key) or next((f for f in model.model_fields.values() if f.alias == key), None)
-    todo = [field.annotation] if field is not None else []
-    while todo:
-        annotation = todo.pop()
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            return annotation
-        todo.extend(typing.get_args(annotation))
-    return None
-
-
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     """The DeepSpeed JSON for this config at this world size (the only place batch sizes combine)."""
     optim, engine = cfg.optim, cfg.engine
