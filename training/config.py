@@ -17,7 +17,7 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dataprep.configfile import key_hints, read_yaml, renamed
+from dataprep.configfile import key_hints, load_yaml, renamed  # noqa: F401 (key_hints: callers explain TrainConfig errors)
 from model import PRESETS, LCTConfig, LatentCodecConfig, TextEncoderConfig
 from training.presets import TRAIN_PRESETS, train_preset
 
@@ -300,13 +300,7 @@ class TrainConfig(_Strict):
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
         """A `--config` file or a run's config.yaml. A YAML syntax error names file:line:column; a
         bad value raises pydantic's ValidationError (`key_hints` turns unknown keys into did-you-means)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        data = read_yaml(path) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
-        return cls.model_validate(data)
+        return load_yaml(cls, path)
 
 
 def dump_yaml(cfg: TrainConfig) -> str:

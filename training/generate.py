@@ -66,7 +66,7 @@ from dataprep.media import ClipError, cover_crop, decode_clip, encode_mp4, frame
 from model import SamplerConfig, Scene, Shot, encode_prompts, encode_scene, sample, shot_prompt
 from model.export import InferenceBundle
 from model.sampling import sample_shots
-from training.config import key_hints, read_yaml
+from dataprep.configfile import key_hints, read_yaml
 from training.history import prompt_features, relevant_history
 
 MODES = ("joint", "conditioned", "autoregressive", "extend")
