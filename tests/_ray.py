@@ -26,9 +26,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def ray_head(num_cpus: int, env: dict[str, str], headers: dict[str, str] | None = None) -> Iterator[str]:
+def ray_head(num_cpus: int, env: dict[str, str], headers: dict[str, str] | None = None,
+             dashboard: bool = True) -> Iterator[str]:
     """`ray start --head --block` with `env` over this environment (less RAY_ADDRESS and RAY_AUTH_*);
-    yields the dashboard URL once GET /api/version answers with `headers`.
+    yields the dashboard URL once GET /api/version answers with `headers`, or without the dashboard
+    (`dashboard=False`) the GCS address once the node says it started.
 
     Every port is chosen free (other Ray instances may run on this machine) and the session lives
     in its own short temp dir (Ray's unix sockets live under it). Stopped by signalling our
@@ -38,7 +40,7 @@ def ray_head(num_cpus: int, env: dict[str, str], headers: dict[str, str] | None 
     temp_dir = tempfile.mkdtemp(prefix="lct-ray-", dir="/tmp")
     ports = {name: free_port() for name in PORTS}
     command = [str(bin_dir / "ray"), "start", "--head", "--block", "--num-cpus", str(num_cpus), "--disable-usage-stats",
-               "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--temp-dir", temp_dir]
+               "--include-dashboard", str(dashboard).lower(), "--dashboard-host", "127.0.0.1", "--temp-dir", temp_dir]
     for name, port in ports.items():
         command += [f"--{name}", str(port)]
     base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
@@ -47,16 +49,20 @@ def ray_head(num_cpus: int, env: dict[str, str], headers: dict[str, str] | None 
     proc = subprocess.Popen(command, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{ports['dashboard-port']}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while True:
             try:
-                urllib.request.urlopen(urllib.request.Request(f"{url}/api/version", headers=headers or {}), timeout=5)
-                break
+                if dashboard:
+                    urllib.request.urlopen(urllib.request.Request(f"{url}/api/version", headers=headers or {}), timeout=5)
+                    break
+                if "Ray runtime started" in Path(log.name).read_text():
+                    break
             except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"ray start failed:\n{Path(log.name).read_text()[-3000:]}")
-                time.sleep(1)
-        yield url
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray start failed:\n{Path(log.name).read_text()[-3000:]}")
+            time.sleep(1)
+        yield url if dashboard else f"127.0.0.1:{ports['port']}"
     finally:
         proc.send_signal(signal.SIGTERM)  # `ray start --block` drains and stops its processes
         try:

@@ -6,16 +6,13 @@ subprocess with HOME in a temp dir (so no ~/.ray/auth_token of this machine is f
 connect retries cut to 2 (the refusal then comes in seconds, not Ray's ~20)."""
 
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
+
+from tests._ray import ray_head
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "5f1c0b7a9e2d4c6b8a0f1e3d5c7b9a1f"
@@ -23,46 +20,13 @@ TOKEN = "5f1c0b7a9e2d4c6b8a0f1e3d5c7b9a1f"
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def token_cluster(tmp_path_factory):
-    """The GCS address of a one-node Ray with token auth on; stopped by signalling our `ray start --block`."""
-    bin_dir = Path(sys.executable).parent
-    temp_dir = tempfile.mkdtemp(prefix="lct-rayauth-", dir="/tmp")      # short: Ray's unix sockets live here
-    ports = {name: _free_port() for name in ("port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-                                             "runtime-env-agent-port", "metrics-export-port",
-                                             "ray-client-server-port", "node-manager-port", "object-manager-port")}
-    command = [str(bin_dir / "ray"), "start", "--head", "--block", "--num-cpus", "1", "--disable-usage-stats",
-               "--include-dashboard", "false", "--temp-dir", temp_dir]
-    for name, port in ports.items():
-        command += [f"--{name}", str(port)]
+    """The GCS address of a one-node Ray with token auth on (tests/_ray.py), its HOME in a temp dir."""
     home = tmp_path_factory.mktemp("head-home")
-    env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN, HOME=str(home), RAY_USAGE_STATS_ENABLED="0",
-               PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    env.pop("RAY_ADDRESS", None)
-    log = open(Path(temp_dir) / "ray-start.log", "w")
-    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 180
-        while "Ray runtime started" not in Path(log.name).read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ray start failed:\n{Path(log.name).read_text()[-3000:]}")
-            time.sleep(1)
-        yield f"127.0.0.1:{ports['port']}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log.close()
-        shutil.rmtree(temp_dir, ignore_errors=True)
+    with ray_head(num_cpus=1, env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN, "HOME": str(home)},
+                  dashboard=False) as address:
+        yield address
 
 
 def run(args: list[str], home: Path, **auth: str) -> subprocess.CompletedProcess:
