@@ -295,13 +295,15 @@ def test_a_killed_worker_is_retried_and_the_run_completes(ray_local, synth_films
 
     import psutil
 
+    from dataprep.run import film_on_node   # the film task's function: Ray titles its worker ray::<name>
+
     killed: list[int] = []
     stop = threading.Event()
 
     def assassin():
         while not stop.is_set() and not killed:
             for proc in psutil.process_iter(["pid", "cmdline"]):
-                if any("ray::process_film" in part for part in (proc.info["cmdline"] or [])):
+                if any(f"ray::{film_on_node.__name__}" in part for part in (proc.info["cmdline"] or [])):
                     os.kill(proc.info["pid"], signal.SIGKILL)
                     killed.append(proc.info["pid"])
                     break
