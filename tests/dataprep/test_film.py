@@ -1,7 +1,5 @@
 """One film through probe -> shots -> filters -> clips, from a local path and from an fsspec URL."""
 
-import subprocess
-import sys
 
 import fsspec
 import numpy as np
@@ -10,6 +8,7 @@ from dataprep.config import CurateConfig
 from dataprep.film import process_film
 from dataprep.sidecar import sidecar_uri
 from dataprep.synthetic import SynthConfig, load_truth, make_films
+from tests._imports import assert_imports_without
 
 CFG = CurateConfig.model_validate({"clips": {"width": 64, "height": 64, "fps": 6.0, "keyframes": 2}})
 
@@ -22,15 +21,7 @@ def test_sidecar_uri():
 
 def test_import_without_open_clip():
     """The film task (a Ray task on every CPU) reads sidecar captions without loading a captioning model."""
-    code = (
-        "import sys\n"
-        "sys.modules['open_clip'] = None\n"
-        "import dataprep.film, dataprep.sidecar\n"
-        "assert not any(m.split('.')[0] == 'open_clip' and sys.modules[m] is not None for m in sys.modules)\n"
-        "print('ok')\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+    assert_imports_without(("open_clip",), "import dataprep.film, dataprep.sidecar")
 
 
 def test_local_and_remote_film_give_the_same_result(tmp_path):

@@ -1,10 +1,9 @@
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from model import LCT, PRESETS, Scene, Shot, collate, scene_position_ids
+from tests._imports import assert_imports_without
 
 CFG = PRESETS["lct-debug"]
 
@@ -163,16 +162,5 @@ def test_teaching_errors():
 
 
 def test_import_without_ray_deepspeed_prefect():
-    code = (
-        "import sys\n"
-        "for name in ('ray', 'deepspeed', 'prefect'):\n"
-        "    sys.modules[name] = None\n"
-        "import model\n"
-        "from model import LCT, LCTConfig, PRESETS\n"
-        "import model.config, model.rope, model.layers, model.lct, model.text, model.latents\n"
-        "assert not any(m.split('.')[0] in ('ray', 'deepspeed', 'prefect') and sys.modules[m] is not None\n"
-        "               for m in sys.modules)\n"
-        "print('ok')\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+    assert_imports_without(("ray", "deepspeed", "prefect"), "import model\nfrom model import LCT, LCTConfig, PRESETS\n"
+                           "import model.config, model.rope, model.layers, model.lct, model.text, model.latents")
