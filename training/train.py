@@ -77,11 +77,15 @@ def resume_point(run_dir: Path, under_ray: bool, resume_from: str | None = None)
         else:
             with checkpoint.as_directory() as directory:
                 yield Path(directory)
-    else:
-        chosen, passed_over = choose_checkpoint(run_dir / "checkpoints")
-        for name, why in passed_over:
-            log.warning("checkpoint %s passed over: %s", name, why)
-        yield chosen
+    else:                                  # rank 0 checks the checkpoints once; every rank takes its choice
+        choice = [None]
+        if dist.get_rank() == 0:
+            chosen, passed_over = choose_checkpoint(run_dir / "checkpoints")
+            for name, why in passed_over:
+                log.warning("checkpoint %s passed over: %s", name, why)
+            choice = [str(chosen) if chosen else None]
+        dist.broadcast_object_list(choice, src=0)
+        yield Path(choice[0]) if choice[0] else None
 
 
 def save(engine, run_dir: Path, step: int, state: dict, ema, metrics: dict, cfg: TrainConfig, under_ray: bool) -> None:
