@@ -6,9 +6,12 @@ part (shots, then films = the commit marker) -> rename the tar to `scenes-NNNNNN
 `recover()` at the start of a run finishes a rename a crash interrupted, drops parts
 whose shard is gone or damaged (size or sha256 not the committed ones), moves unreadable
 parts aside (`manifest.repair`), and deletes uncommitted temporary shards, so a killed
-run never leaves a half-written shard visible and a damaged one is curated again. A finished shard no part accounts for (the journal
-was deleted or damaged) is never deleted: it is moved to `shards/orphaned/` and reported,
-and its films are curated again.
+run never leaves a half-written shard visible and a damaged one is curated again. A finished
+shard no part accounts for (the journal was deleted or damaged) is never deleted: its part is
+rebuilt from the samples' own json (`rebuild_part`: the kept shots, captions and embeddings;
+what only the source film knew, e.g. its size and the dropped shots, stays null), or, when the
+shard cannot vouch for whole films, it is moved to `shards/orphaned/`, reported, and its films
+are curated again.
 
 Tar members have a fixed mtime, owner and mode, and keys are deterministic, so the same
 films in the same order give byte-identical shards.
@@ -17,16 +20,19 @@ films in the same order give byte-identical shards.
 from __future__ import annotations
 
 import errno
+import io
 import os
 import shutil
+import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import webdataset as wds
 
 from dataprep import manifest
 from dataprep.config import ShardConfig
-from dataprep.dataset import sha256_file
+from dataprep.dataset import CorruptSample, SceneSample, raw_samples, sha256_file
 from dataprep.lock import OutputUnwritable
 
 SHARD_PATTERN = "scenes-{:06d}.tar"
@@ -58,7 +64,7 @@ def recover(out_dir: Path) -> list[str]:
     shard_dir = Path(out_dir) / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
     notes = manifest.repair(out_dir)
-    committed = set()
+    committed, damaged = set(), set()
     for seq, _films, _shots, shard in manifest.read_parts(out_dir):
         if shard is None:
             continue
@@ -67,6 +73,7 @@ def recover(out_dir: Path) -> list[str]:
             os.replace(tmp, final)  # the crash came between the commit marker and the rename
         if final.exists() and (problem := _damage(final, shard)):
             manifest.drop_part(out_dir, seq)  # its films are curated again; the shard goes to orphaned/ below
+            damaged.add(shard["name"])
             notes.append(f"shard {shard['name']} is damaged ({problem}): its films are curated again")
         elif final.exists():
             committed.add(shard["name"])
@@ -75,15 +82,73 @@ def recover(out_dir: Path) -> list[str]:
     for tmp in shard_dir.glob("*.tmp"):
         tmp.unlink()  # a shard being written when the run died: never committed
     for stray in sorted(shard_dir.glob("scenes-*.tar")):
-        if stray.name not in committed:  # a finished shard without its journal part: keep it, out of the way
-            target = _free_name(shard_dir / ORPHANED, stray.name)
-            target.parent.mkdir(exist_ok=True)
-            os.replace(stray, target)
-            notes.append(
-                f"shard {stray.name} is not in the manifest journal ({manifest.parts_dir(out_dir)}); moved it to "
-                f"{target} (its films are curated again). Delete {shard_dir / ORPHANED} once the dataset is complete."
-            )
+        if stray.name in committed:
+            continue
+        # a finished shard without its journal part: rebuild the part from its samples, else keep it out of the way
+        why = "it is damaged" if stray.name in damaged else rebuild_part(out_dir, stray)
+        journal = f"shard {stray.name} is not in the manifest journal ({manifest.parts_dir(out_dir)})"
+        if why is None:
+            notes.append(f"{journal}; rebuilt its journal part from the json of its samples (source facts such as "
+                         "duration, size and dropped shots are not in a shard: those columns are empty for its films)")
+            continue
+        target = _free_name(shard_dir / ORPHANED, stray.name)
+        target.parent.mkdir(exist_ok=True)
+        os.replace(stray, target)
+        notes.append(f"{journal} and cannot be rebuilt from its samples ({why}); moved it to {target} (its films "
+                     f"are curated again). Delete {shard_dir / ORPHANED} once the dataset is complete.")
     return notes
+
+
+def rebuild_part(out_dir: Path, path: Path) -> str | None:
+    """Commit the journal part of a finished shard from its samples' json; None when done, else why not.
+
+    Only a shard that holds whole films no committed part already has is rebuilt: every sample
+    readable with the scene layout (json with film_id, uri, fps, scene_index, shots; one mp4 per
+    shot; clip.npy (n_shots, D)), keys `{film_id}-{scene_index:05d}`, scenes 0..n-1 of each film.
+    """
+    try:
+        scenes = [SceneSample.parse(raw) for raw in raw_samples([path])]
+    except (CorruptSample, tarfile.TarError, OSError, ValueError, KeyError) as err:
+        return f"{type(err).__name__}: {err}"
+    done = manifest.ok_films(out_dir)
+    films: dict[str, dict] = {}
+    shot_rows = []
+    for scene in scenes:
+        meta = scene.meta if isinstance(scene.meta, dict) else {}
+        if not (isinstance(meta.get("film_id"), str) and isinstance(meta.get("uri"), str)
+                and isinstance(meta.get("fps"), (int, float)) and isinstance(meta.get("scene_index"), int)
+                and isinstance(meta.get("shots"), list) and meta["shots"] and all(isinstance(x, dict) for x in meta["shots"])):
+            return f"sample {scene.key!r} lacks film_id, uri, fps, scene_index or shots in its json"
+        if scene.key != f"{meta['film_id']}-{meta['scene_index']:05d}":
+            return f"sample {scene.key!r} is not scene {meta['scene_index']} of film {meta['film_id']}"
+        if meta["uri"] in done:
+            return f"film {meta['uri']} is already in the journal"
+        try:
+            scene.mp4s
+            clip = np.load(io.BytesIO(scene.members["clip.npy"]), allow_pickle=False)
+        except (CorruptSample, KeyError, ValueError) as err:
+            return f"sample {scene.key!r}: {type(err).__name__}: {err}"
+        if clip.ndim != 2 or len(clip) != len(scene.shots):
+            return f"sample {scene.key!r}: clip.npy has shape {clip.shape} for {len(scene.shots)} shots"
+        film = films.setdefault(meta["film_id"], {"film_id": meta["film_id"], "uri": meta["uri"], "status": "ok",
+                                                  "fps": float(meta["fps"]), "scenes": [], "n_shots": 0})
+        film["scenes"].append(meta["scene_index"])
+        film["n_shots"] += len(scene.shots)
+        for shot, embedding in zip(scene.shots, clip):
+            shot_rows.append({**{k: shot.get(k) for k in ("shot_index", "start_frame", "end_frame", "start_s", "end_s",
+                                                         "caption", "caption_source")},
+                              "film_id": meta["film_id"], "scene_id": scene.key, "clip": embedding.astype(np.float32).tolist(),
+                              "shard": path.name, "kept": True})
+    for film in films.values():
+        if sorted(film["scenes"]) != list(range(len(film["scenes"]))):
+            return f"film {film['film_id']} has scenes {sorted(film['scenes'])[:8]} here, not all of its scenes"
+    if not films:
+        return "it holds no samples"
+    film_rows = [{**{k: v for k, v in f.items() if k != "scenes"}, "n_scenes": len(f["scenes"]), "shard": path.name}
+                 for f in films.values()]
+    info = {"name": path.name, "samples": len(scenes), "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+    manifest.write_part(out_dir, manifest.next_seq(out_dir), film_rows, shot_rows, info)
+    return None
 
 
 def _damage(path: Path, info: dict) -> str | None:

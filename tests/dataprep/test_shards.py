@@ -4,6 +4,8 @@ import json
 import os
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
@@ -11,7 +13,7 @@ import webdataset as wds
 from dataprep import manifest
 from dataprep.config import ShardConfig
 from dataprep.dataset import encode_sample, npy_bytes
-from dataprep.shards import FilmEntry, SceneShardWriter, recover
+from dataprep.shards import ORPHANED, FilmEntry, SceneShardWriter, recover
 
 
 def _film(film_id: str, n_scenes: int, payload: int = 100) -> FilmEntry:
@@ -127,16 +129,68 @@ def test_missing_journal_never_deletes_a_committed_shard(tmp_path):
     assert len(before) == 2
     shutil.rmtree(manifest.parts_dir(tmp_path))
     notes = recover(tmp_path)
-    orphaned = tmp_path / "shards" / "orphaned"
+    orphaned = tmp_path / "shards" / ORPHANED
     assert {p.name: p.read_bytes() for p in orphaned.iterdir()} == before  # every byte kept
     assert not list((tmp_path / "shards").glob("*.tar"))                    # none is visible to readers
-    assert len(notes) == 2 and all("orphaned" in n and "not in the manifest journal" in n for n in notes)
+    assert len(notes) == 2 and all(ORPHANED in n and "not in the manifest journal" in n for n in notes)
     # the films are curated again into the same shard names; a second orphaning never overwrites the first
     _write(tmp_path, [_film("f0", 2)], ShardConfig(max_samples=2))
     assert (tmp_path / "shards" / "scenes-000000.tar").read_bytes() == before["scenes-000000.tar"]
     shutil.rmtree(manifest.parts_dir(tmp_path))
     recover(tmp_path)
     assert sorted(p.name for p in orphaned.iterdir()) == ["scenes-000000.tar", "scenes-000000.tar.1", "scenes-000001.tar"]
+
+
+def _curated_film(film_id: str, n_scenes: int) -> FilmEntry:
+    """A film whose samples carry the json `lct curate` writes (dataprep/assemble.py), plus one dropped shot."""
+    film = _film(film_id, n_scenes)
+    for j, sample in enumerate(film.samples):
+        shots = [{k: r[k] for k in ("shot_index", "start_frame", "end_frame", "start_s", "end_s", "caption",
+                                    "caption_source")} for r in film.shot_rows if r["scene_id"] == sample["__key__"]]
+        sample["json"] = json.dumps({"film_id": film_id, "uri": film.film_row["uri"], "scene_index": j, "fps": 25.0,
+                                     "global_caption": "g", "shots": shots, "versions": {}}, sort_keys=True).encode()
+        film.shot_rows[2 * j]["clip"] = [float(j)] * 4
+        film.shot_rows[2 * j + 1]["clip"] = [float(j)] * 4
+    film.shot_rows.append(dict(film.shot_rows[0], scene_id=None, shot_index=None, kept=False, drop_reason="too_short"))
+    return film
+
+
+def test_missing_journal_is_rebuilt_from_the_shards_own_json(tmp_path):
+    """Issue 15.1: `manifest/parts/` deleted, one film added, the same --out curated again: every shard
+    stays where it is, the journal is rebuilt from the samples' json, and only the new film is curated;
+    a stray shard whose films the journal already holds is moved aside, never deleted."""
+    import shutil
+
+    from dataprep.dataset import check_dataset
+    from tests.dataprep.test_dataset import _finish
+
+    films = [_curated_film(f"f{i}", n) for i, n in enumerate([2, 1, 2])]
+    _write(tmp_path, films, ShardConfig(max_samples=3))   # [f0 f1] [f2]
+    _, shots_before, _ = manifest.consolidate(tmp_path)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "shards").glob("*.tar")}
+    assert len(before) == 2
+    shutil.rmtree(manifest.parts_dir(tmp_path))
+
+    notes, done = _resume(tmp_path, films + [_curated_film("new", 1)])
+
+    assert len(notes) == 2 and all("rebuilt its journal part" in n for n in notes), notes
+    assert sorted(done.values()) == ["f0", "f1", "f2"]                        # nothing curated again
+    after = {p.name: p.read_bytes() for p in (tmp_path / "shards").glob("*.tar")}
+    assert {n: after[n] for n in before} == before and sorted(after) == [*sorted(before), "scenes-000002.tar"]
+    assert not (tmp_path / "shards" / ORPHANED).exists()
+    _finish(tmp_path)
+    assert check_dataset(tmp_path).problems == []
+    films_t, shots_t, _ = manifest.consolidate(tmp_path)
+    assert {r["film_id"]: (r["status"], r["n_scenes"], r["n_shots"]) for r in films_t.to_pylist()} == {
+        "f0": ("ok", 2, 4), "f1": ("ok", 1, 2), "f2": ("ok", 2, 4), "new": ("ok", 1, 2)}
+    columns = ["film_id", "scene_id", "shot_index", "start_frame", "end_frame", "caption", "caption_source", "clip", "shard"]
+    kept = lambda table: sorted(tuple(str(r[c]) for c in columns) for r in table.to_pylist() if r["kept"])
+    assert kept(shots_t.filter(pa.compute.not_equal(shots_t["film_id"], "new"))) == kept(shots_before)
+
+    shutil.copyfile(tmp_path / "shards" / "scenes-000000.tar", tmp_path / "shards" / "scenes-000007.tar")
+    notes = recover(tmp_path)                                                  # f0 again: it cannot be rebuilt
+    assert len(notes) == 1 and "film /films/f0.mp4 is already in the journal" in notes[0], notes
+    assert (tmp_path / "shards" / ORPHANED / "scenes-000007.tar").read_bytes() == before["scenes-000000.tar"]
 
 
 class _FullDisk:
@@ -234,7 +288,7 @@ def test_damaged_journal_is_repaired_by_curating_its_films_again(tmp_path):
     assert any("000002.films.parquet is damaged" in n and "000002.shots.parquet is missing" in n for n in notes), notes
     assert sorted(p.name for p in (parts / "damaged").iterdir()) == [
         "000001.films.parquet", "000001.shots.parquet", "000002.films.parquet"]
-    assert sorted(p.name for p in (out / "shards" / "orphaned").iterdir()) == ["scenes-000001.tar", "scenes-000002.tar"]
+    assert sorted(p.name for p in (out / "shards" / ORPHANED).iterdir()) == ["scenes-000001.tar", "scenes-000002.tar"]
     clean = sorted((tmp_path / "clean" / "shards").glob("*.tar"))
     assert [p.read_bytes() for p in sorted((out / "shards").glob("*.tar"))] == [p.read_bytes() for p in clean]
     films_t, _, shards = manifest.consolidate(out)
