@@ -5,102 +5,30 @@ heavy import.
 
 A local Ray started here is stopped on every exit that can be caught: Ray's own atexit hook
 runs on a normal exit, Ctrl-C (SIGINT) and, through the handlers installed here, SIGTERM and
-SIGHUP. SIGKILL cannot be caught, so the started node's processes are recorded in
-LEFTOVERS_DIR/<driver pid>.json; the next command that starts a local Ray stops the processes
-of every record whose driver is dead (each checked by its command line naming the session),
-so a killed run's raylet, GCS and dashboard do not linger.
+SIGHUP. SIGKILL cannot be caught, so a watchdog process (dataprep/leftovers.py, stdlib only,
+in its own session) waits for the command to be gone and then stops every process of the Ray
+session it started, agents included, within seconds. The node is also recorded in
+LEFTOVERS_DIR/<driver pid>.json; should the watchdog have been killed too, the next command
+that starts a local Ray stops the processes of every record whose driver is dead.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import signal
-import tempfile
+import subprocess
+import sys
 import threading
-import time
 from pathlib import Path
 
 import ray
 
+from dataprep import leftovers
+from dataprep.leftovers import LEFTOVERS_DIR, clean_leftovers, session_processes  # noqa: F401 (this module's API)
+
 log = logging.getLogger(__name__)
-
-LEFTOVERS_DIR = Path(tempfile.gettempdir()) / f"lct-ray-{os.getuid()}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _ancestors() -> set[int]:
-    pids, pid = set(), os.getpid()
-    while pid > 1:
-        pids.add(pid)
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            break
-    return pids
-
-
-def _names_session(cmdline: str, session: str) -> bool:
-    """A Ray node process names its session in an argument (--session-dir=/tmp/ray/<session>, --session-name=...)."""
-    return bool(session) and any(arg.startswith("--session") and session in arg for arg in cmdline.split())
-
-
-def session_processes(session: str) -> list[int]:
-    """Pids of live processes (not this one nor its parents) started with the Ray session in an argument."""
-    if not session or not Path("/proc").is_dir():
-        return []
-    mine = _ancestors()
-    return [int(e.name) for e in Path("/proc").iterdir()
-            if e.name.isdigit() and int(e.name) not in mine and _names_session(_cmdline(int(e.name)), session)]
-
-
-def clean_leftovers(directory: Path = LEFTOVERS_DIR) -> list[int]:
-    """Stop the Ray processes of local sessions whose driver died (SIGKILL); returns the pids signalled."""
-    stopped = []
-    for record in sorted(directory.glob("*.json")) if directory.is_dir() else []:
-        try:
-            info = json.loads(record.read_text())
-        except (OSError, ValueError):
-            record.unlink(missing_ok=True)
-            continue
-        if _alive(info.get("driver", -1)):
-            continue  # a live command's own Ray
-        session = Path(info.get("session_dir", "")).name
-        for pid in sorted(set(info.get("pids", [])) | set(session_processes(session))):
-            if pid not in _ancestors() and _alive(pid) and _names_session(_cmdline(pid), session):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-                stopped.append(pid)
-        if stopped:
-            deadline = time.monotonic() + 10
-            while any(_alive(p) for p in stopped) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            for pid in stopped:
-                if _alive(pid) and _names_session(_cmdline(pid), session):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-            log.warning("stopped %d Ray processes left by a killed run (pid %s, session %s)",
-                        len(stopped), info.get("driver"), session)
-        record.unlink(missing_ok=True)
-    return stopped
 
 
 def _record_session(directory: Path = LEFTOVERS_DIR) -> Path | None:
@@ -112,7 +40,21 @@ def _record_session(directory: Path = LEFTOVERS_DIR) -> Path | None:
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{os.getpid()}.json"
     path.write_text(json.dumps({"driver": os.getpid(), "session_dir": node.get_session_dir_path(), "pids": pids}))
+    _start_watchdog(node.get_session_dir_path(), path)
     return path
+
+
+_watchdog: subprocess.Popen | None = None  # held for the life of this process: its stdin pipe is the tie
+
+
+def _start_watchdog(session_dir: str, record: Path) -> None:
+    """Start leftovers.py's watchdog for this process's local Ray: it outlives a SIGKILL of this process
+    (own session, so a signal to our process group does not reach it) and stops the node when we are gone."""
+    global _watchdog
+    _watchdog = subprocess.Popen(
+        [sys.executable, leftovers.__file__, str(os.getpid()), session_dir, str(record)],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        close_fds=True)
 
 
 def _stop_on_signals(record: Path | None) -> None:

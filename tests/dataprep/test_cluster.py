@@ -1,5 +1,6 @@
-"""A local Ray started by a command does not outlive it: SIGTERM stops it, and the leftovers of a
-SIGKILLed driver are stopped by the next command (dataprep/cluster.py), with real processes."""
+"""A local Ray started by a command does not outlive it: SIGTERM stops it, a SIGKILLed driver's node is
+stopped by its watchdog within seconds, and leftovers are stopped by the next command (dataprep/cluster.py,
+dataprep/leftovers.py), with real processes."""
 
 import json
 import os
@@ -79,3 +80,37 @@ def test_sigterm_stops_the_local_ray_the_command_started():
     finally:
         driver.kill()
         driver.wait()
+
+
+@pytest.mark.slow  # starts a local Ray
+def test_kill_9_of_the_driver_leaves_no_process_of_its_ray_alive():
+    """Issue 15.8: after `kill -9` of a command that started a local Ray, its dashboard and runtime-env agents
+    (`ray::DashboardAgent`, `ray::RuntimeEnvAgent`, reparented to init) lived on for minutes; the watchdog
+    stops every process of the session within seconds, found by command line or by a file open in the session."""
+    from dataprep import leftovers
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": "", "RAY_USAGE_STATS_ENABLED": "0"}
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True, env=env)
+    session = ""
+    try:
+        session = Path(driver.stdout.readline().strip()).name
+        assert session.startswith("session_"), session
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not any(
+                "Agent" in leftovers._cmdline(p) for p in leftovers.session_processes(session)):
+            time.sleep(0.2)
+        before = {p: leftovers._cmdline(p).split()[0] for p in leftovers.session_processes(session)}
+        assert any("DashboardAgent" in c for c in before.values()), before  # the agents are found (by their files)
+        driver.kill()
+        driver.wait()
+        deadline = time.monotonic() + 15
+        while leftovers.session_processes(session) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = {p: leftovers._cmdline(p)[:60] for p in leftovers.session_processes(session)}
+        assert left == {}, f"still alive 15 s after kill -9 of the driver: {left}"
+        assert not (cluster.LEFTOVERS_DIR / f"{driver.pid}.json").exists()
+    finally:
+        driver.kill()
+        driver.wait()
+        leftovers.stop_session(session, grace_s=1.0)
