@@ -74,3 +74,25 @@ def test_inspect_reports_a_damaged_shard_instead_of_crashing(tmp_path):
     result = CliRunner().invoke(app, ["inspect", str(tmp_path), "--sheets", "0"])
     assert result.exit_code == 1, result.output
     assert "damaged" in result.output and "scenes-000001.tar" in result.output and "Traceback" not in result.output
+
+
+def test_check_catches_manifest_rows_pointing_to_absent_shards_or_members(tmp_path):
+    """Issue 15.2: kept shot rows whose shard is gone or whose `{i:03d}.mp4` is not in the sample are named."""
+    writer = SceneShardWriter(tmp_path, ShardConfig(max_samples=2))
+    for film in [_film("f0", 2), _film("f1", 2)]:
+        writer.add(film)
+    writer.flush()
+    _finish(tmp_path)
+    path = tmp_path / "manifest" / "shots.parquet"
+    rows = pq.read_table(path).to_pylist()
+    for row in rows:
+        if row["scene_id"] == "f0-00001" and row["shot_index"] == 1:
+            row["shot_index"] = 7                                    # a member the sample does not have
+        if row["film_id"] == "f1":
+            row["shard"] = "scenes-000009.tar"                       # a shard that does not exist
+    pq.write_table(pa.Table.from_pylist(rows, schema=manifest.SHOT_SCHEMA), path)
+    problems = check_dataset(tmp_path).problems
+    assert any("scene f0-00001 in scenes-000000.tar: manifest shots ['000.mp4', '007.mp4'] but sample has "
+               "['000.mp4', '001.mp4']" in p for p in problems), problems
+    assert any("scene f1-00000 of the manifest has no sample in shard scenes-000009.tar" in p for p in problems), problems
+    assert any("scene f1-00001 in scenes-000001.tar: manifest shots [] but sample has" in p for p in problems), problems
