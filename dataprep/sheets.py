@@ -7,8 +7,6 @@ Samples are read by dataprep/dataset.py, the same reader training and eval use.
 
 from __future__ import annotations
 
-import hashlib
-import re
 import textwrap
 from pathlib import Path
 
@@ -17,24 +15,9 @@ from PIL import Image
 
 from dataprep.dataset import CorruptSample, SceneSample, list_shards, raw_samples
 from dataprep.media import draw_sheet, even_indices, read_frames
+from dataprep.names import safe_filename
 
 THUMB = 128
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")  # what a scene key may be, used as a file name
-
-
-def safe_filename(name: str) -> str:
-    """A file name (no folder part) for a name taken from data, e.g. a tar member's key.
-
-    Scene keys written by `lct curate` (`{film_id}-{scene_index:05d}`) pass unchanged. Anything
-    else (`../x`, `/abs/path`, a NUL, a leading dot, 500 characters) has every character outside
-    [A-Za-z0-9._-] replaced by `_`, is cut to 80 characters and gets a hash of the original
-    appended, so two different keys never share a file and no key can name a path outside.
-    """
-    if SAFE_NAME.fullmatch(name) and ".." not in name:
-        return name
-    digest = hashlib.blake2b(name.encode("utf-8", "surrogateescape"), digest_size=6).hexdigest()
-    cleaned = re.sub(r"[^A-Za-z0-9_-]", "_", name).strip("_")[:80]  # dots too: no `..`, no hidden file
-    return f"{cleaned}-{digest}" if cleaned else f"key-{digest}"
 
 
 def mp4_frames(mp4: bytes, k: int) -> list[np.ndarray]:

@@ -9,11 +9,12 @@ so that a run is deterministic whatever order the shell expanded the arguments i
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 from pathlib import Path
 
 import fsspec
+
+from dataprep.names import safe_filename
 
 GLOB_CHARS = set("*?[")
 DRIVERS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
@@ -118,8 +119,7 @@ def local_copy(uri: str, cache_dir: Path) -> Path:
     if not is_url(uri):
         return Path(uri)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in uri)[-80:]
-    target = cache_dir / f"{hashlib.blake2b(uri.encode(), digest_size=8).hexdigest()}-{safe}"
+    target = cache_dir / safe_filename(uri, keep_suffix=True)
     if not target.exists():
         tmp = target.with_suffix(target.suffix + ".part")
         with fsspec.open(uri, "rb") as src, open(tmp, "wb") as dst:

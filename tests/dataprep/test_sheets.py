@@ -9,7 +9,8 @@ import pytest
 
 from dataprep.config import ClipConfig
 from dataprep.keyframes import _Mp4Writer
-from dataprep.sheets import safe_filename, write_sheets
+from dataprep.names import safe_filename
+from dataprep.sheets import write_sheets
 
 
 def _mp4() -> bytes:
@@ -61,3 +62,20 @@ def test_safe_filename_is_one_plain_name(key):
 def test_safe_filename_keeps_lct_keys_and_keeps_distinct_keys_distinct():
     assert safe_filename("0123456789abcdef-00003") == "0123456789abcdef-00003"
     assert safe_filename("../x") != safe_filename("__x") != safe_filename("/x")
+
+
+def test_local_copies_of_urls_use_the_same_rule(tmp_path):
+    """Issue 15.3: the other name taken from data that becomes a path, a remote film's URL, goes through
+    safe_filename too: it stays inside the cache folder and keeps its extension."""
+    import fsspec
+
+    from dataprep.sources import local_copy
+
+    fs = fsspec.filesystem("memory")
+    for path in ("/b/../../etc/x.mp4", "/b/a\nb/..mp4", "/b/plain.MOV"):
+        fs.pipe(path, b"data")
+    cache = tmp_path / "cache"
+    copies = [local_copy(f"memory://{p}", cache) for p in ("/b/../../etc/x.mp4", "/b/a\nb/..mp4", "/b/plain.MOV")]
+    assert all(c.parent == cache and c.read_bytes() == b"data" for c in copies), copies
+    assert [c.suffix for c in copies] == [".mp4", ".mp4", ".MOV"] and len(set(copies)) == 3
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == sorted(c.name for c in copies)
