@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipelines.markdown import md_text
+
 
 def _rel(path: Path, root: Path) -> str:
     return str(path.relative_to(root))
@@ -59,8 +61,11 @@ def truth_lines(dataset: Path) -> list[str]:
     from dataprep.truth import score_dataset
 
     scores = score_dataset(dataset)
-    if scores is None:
-        return []
+    return [] if scores is None else truth_table(scores)
+
+
+def truth_table(scores: dict) -> list[str]:
+    """The report's lines for dataprep.truth.score_dataset's scores; film names are escaped (they come from data)."""
     lines = [
         f"Against the ground truth of the {scores['films']} synthetic films (`*.truth.json`): "
         f"**shot F1 {scores['shot_f1']:.3f}** (precision {scores['shot_precision']:.3f}, recall "
@@ -70,7 +75,7 @@ def truth_lines(dataset: Path) -> list[str]:
         "| film | cuts found / true | shot F1 | scenes curated / true | scene ARI |", "|---|---|---|---|---|",
     ]
     for f in scores["per_film"]:
-        lines.append(f"| `{f['film']}` | {f['cuts']} / {f['true_cuts']} | {f['shot_f1']:.3f} | "
+        lines.append(f"| {md_text(f['film'])} | {f['cuts']} / {f['true_cuts']} | {f['shot_f1']:.3f} | "
                      f"{f['scenes']} / {f['true_scenes']} | {f['scene_ari']:.3f} |")
     return lines + [""]
 

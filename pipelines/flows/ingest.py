@@ -19,7 +19,6 @@ Every function below the tasks is plain Python, usable and tested without Prefec
 """
 
 import json
-import re
 import shlex
 from collections import Counter
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from dataprep.dataset import DatasetCheck, check_dataset
 from dataprep.run import CurateFailed, CurateUsageError
 from dataprep.sources import absolute, list_films
 from pipelines.flows.common import is_jobs_address, run_ray_job
+from pipelines.markdown import md_text
 
 TABLE_KEY, SUMMARY_KEY = "ingest-films", "ingest-summary"
 MAX_TABLE_ROWS = 5000  # the film table artifact shows failures first, then this many rows at most
@@ -339,17 +339,6 @@ def summary_markdown(out: str, stats: dict, rows: list[dict], check: DatasetChec
     if check.problems:
         lines += ["", "## Dataset problems", ""] + [f"- {md_text(p)}" for p in check.problems[:200]]
     return "\n".join(lines) + "\n"
-
-
-MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>|~])")
-
-
-def md_text(text: str) -> str:
-    """`text` taken from data (a film name, an error) as literal, one-line Markdown, safe in a table cell:
-    line breaks become a visible ⏎, and every character Markdown or a table would read (` | * _ [ ] < > \\ ...)
-    is backslash-escaped."""
-    one_line = re.sub(r"\r\n|\r|\n", " ⏎ ", str(text))
-    return MD_SPECIAL.sub(r"\\\1", one_line)
 
 
 def _captions_line(c: dict) -> str:
