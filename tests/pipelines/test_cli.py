@@ -1,6 +1,7 @@
 """The `lct` entry point as a user runs it: a subprocess of the installed console script."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -87,8 +88,10 @@ def test_unlistable_sources_and_unwritable_outputs_exit_2(tmp_path, shared_data)
     def flat(text: str) -> str:  # rich wraps long lines
         return " ".join(text.split())
 
-    result = run("curate", "s3://bucket/films/", "--out", str(tmp_path / "o1"))
-    assert result.returncode == 2 and "pip install s3fs" in flat(result.stderr), result.stderr
+    for url, package in (("s3://bucket/films/", "s3fs"), ("gs://bucket/films/", "gcsfs")):
+        result = run("curate", url, "--out", str(tmp_path / "o1"))
+        assert result.returncode == 2 and f"pip install {package}" in flat(result.stderr), result.stderr
+        assert "Traceback" not in result.stderr and not (tmp_path / "o1" / "shards").exists()
     result = run("curate", f"http://127.0.0.1:{_closed_port()}/films/a.mp4", "--out", str(tmp_path / "o2"))
     assert result.returncode == 2 and "cannot list http://" in flat(result.stderr), result.stderr
     assert "Traceback" not in result.stderr
@@ -96,6 +99,23 @@ def test_unlistable_sources_and_unwritable_outputs_exit_2(tmp_path, shared_data)
     result = run("curate", str(shared_data / "counter.mp4"), "--out", str(tmp_path / "a-file"))
     assert result.returncode == 2 and "is a file, not a folder" in flat(result.stderr), result.stderr
     assert (tmp_path / "a-file").read_text() == "x"
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare(1) to mount a read-only filesystem")
+def test_an_out_on_a_read_only_filesystem_exits_2(tmp_path, shared_data):
+    """Issue 15.10: `lct curate --out` on a read-only mount (a private mount namespace): exit 2, one clear line."""
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    script = (f"mount -t tmpfs -o ro none {mnt} && exec {LCT} curate {shared_data / 'counter.mp4'} "
+              f"--out {mnt}/out")
+    result = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, RAY_ADDRESS=""))
+    if "mount" in result.stderr and result.returncode != 2:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {result.stderr.strip()}")
+    text = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "read-only filesystem" in text, result
+    assert "Traceback" not in result.stderr and "error:" in text
 
 
 def test_yaml_syntax_errors_name_file_and_line(tmp_path):
