@@ -118,6 +118,12 @@ class DataSection(_Strict):
     text_max_tokens: int = Field(77, ge=2, description="Prompt tokens kept.")
     codec: Literal["pixel", "vae"] = Field("pixel", description="Latent codec: pixel space or a Wan VAE.")
     codec_path: str | None = Field(None, description="Local diffusers dir of the VAE (codec=vae).")
+    cache: bool = Field(
+        False, description="Encode each shot clip (VAE) and prompt (text encoder) once and reuse it on later "
+        "epochs and on resume (training/cache.py); fixes each shot's time window and image frame across epochs.")
+    cache_dir: str | None = Field(
+        None, description="Where data.cache keeps its entries (default RUN/cache); keyed by the encoders' "
+        "config + weights, so runs with the same VAE and text encoder may share one dir.")
 
     @model_validator(mode="before")
     @classmethod

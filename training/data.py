@@ -2,6 +2,7 @@
 
     stream = SceneStream(dataset_dir, rank, world, seed, holdout=2)     # raw samples, endless
     loader = SceneLoader(stream, data, recipe, window_shots, seed, text, codec)   # model-ready scenes
+                                                                        # (cache=EncodingCache: data.cache)
     scene = loader.next()                                               # TrainScene, in stream order
     loader.position                                                     # {"epoch", "index"}: resume point
 
@@ -12,7 +13,10 @@
    position regenerates that epoch and skips the samples already used (tar reads, no decode).
 3. Augmentation is a pure function of (seed, epoch, scene key): the window of <= window_shots
    shots, the single-shot sample, each shot's time window, and the shot replaced by one of its
-   frames. Nothing depends on global RNG. (Prompt dropout for classifier-free guidance is
+   frames. Nothing depends on global RNG. With `data.cache` (training/cache.py) each shot's time
+   window and image frame are a function of (seed, scene key, shot) alone, the same every epoch,
+   so its latents are encoded once and read back after; which shots, and whether a shot is an
+   image, still change per epoch. (Prompt dropout for classifier-free guidance is
    decided per step in the loop, identically on every rank: see training/objective.py.)
 4. Bad samples (unreadable tar members, missing json or shot mp4, undecodable video) are
    skipped and counted in `loader.skipped`; they never stop the run.
@@ -38,6 +42,7 @@ from dataprep.media import ClipError, cover_crop, read_frames, window_indices
 from model import Scene, Shot, TextEncoder, encode_prompts, scene_prompts
 from model.latents import LatentCodec
 
+from .cache import EncodingCache
 from .config import DataSection, RecipeSection
 
 log = logging.getLogger(__name__)
@@ -108,6 +113,7 @@ class Prepared:
     global_caption: str
     captions: list[str]
     videos: list[np.ndarray]          # per shot (F, H, W, 3) uint8; F = 1 for an image shot
+    clips: list[dict]                 # per shot: what was taken (the latent cache's key within the scene)
 
 
 def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
@@ -115,7 +121,7 @@ def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
 
 
 def prepare(sample: dict, data: DataSection, recipe: RecipeSection, window_shots: int, seed: int) -> Prepared:
-    """Pick the shots and frames of one training scene from a raw sample (deterministic)."""
+    """Pick the shots and frames of one training scene from a raw sample (deterministic; see 3. above)."""
     scene = SceneSample.parse(sample)
     key, shots = scene.key, scene.shots
     if not shots:
@@ -127,20 +133,23 @@ def prepare(sample: dict, data: DataSection, recipe: RecipeSection, window_shots
     else:
         first = int(rng.integers(0, n - window_shots + 1)) if n > window_shots else 0
         picks = list(range(first, min(n, first + window_shots)))
-    videos, captions = [], []
+    videos, captions, clips = [], [], []
     for i in picks:
         try:
             frames, src_fps = read_frames(scene.mp4(i))
         except ClipError as err:
             raise CorruptSample(f"sample {key!r} shot {i}: {err}") from err
+        clip_rng = sample_rng(seed, 0, f"{key}/{i}") if data.cache else rng    # cached: the same every epoch
         span = len(frames) / src_fps - data.frames / data.fps   # seconds the window can move
-        start = float(rng.uniform(0.0, span)) if span > 0 else 0.0
+        start = float(clip_rng.uniform(0.0, span)) if span > 0 else 0.0
         idx = window_indices(len(frames), src_fps, data.frames, data.fps, start)
         if rng.random() < recipe.image_prob:
-            idx = [idx[int(rng.integers(len(idx)))]]              # an image shot (F = 1)
+            idx = [idx[int(clip_rng.integers(len(idx)))]]         # an image shot (F = 1)
         videos.append(np.stack([cover_crop(frames[j], tuple(data.size)) for j in idx]))
         captions.append(shots[i].get("caption") or "")
-    return Prepared(key, scene.global_caption, captions, videos)
+        clips.append({"shot": i, "frames": [int(j) for j in idx], "of": len(frames), "fps": float(src_fps),
+                      "size": list(data.size)})
+    return Prepared(key, scene.global_caption, captions, videos, clips)
 
 
 # -- encoding and the loader ------------------------------------------------------------------
@@ -150,8 +159,13 @@ class TrainScene:
     scene: Scene                      # text features + clean latents z0 (C, F, H, W) per shot
 
 
-def encode(prepared: Prepared, text: TextEncoder, codec: LatentCodec) -> TrainScene:
-    latents = [codec.encode(torch.from_numpy(v)) for v in prepared.videos]   # (C, F', H', W') each
+def encode(prepared: Prepared, text: TextEncoder, codec: LatentCodec, cache: EncodingCache | None = None) -> TrainScene:
+    """Latents (from the cache when given: encoded on a miss only) and prompt features of a scene."""
+    def one(video: np.ndarray, clip: dict) -> torch.Tensor:             # (C, F', H', W')
+        run = lambda: codec.encode(torch.from_numpy(video))            # noqa: E731
+        return run() if cache is None else cache.latent(prepared.key, clip, run)
+
+    latents = [one(v, c) for v, c in zip(prepared.videos, prepared.clips)]
     rows = [r.cpu() for r in encode_prompts(text, scene_prompts(prepared.global_caption, prepared.captions))]
     return TrainScene(prepared.key, Scene(global_text=rows[0], shots=[Shot(r, z) for r, z in zip(rows[1:], latents)]))
 
@@ -161,10 +175,10 @@ class SceneLoader:
 
     def __init__(
         self, stream: SceneStream, data: DataSection, recipe: RecipeSection, window_shots: int, seed: int,
-        text: TextEncoder, codec: LatentCodec, epoch: int = 0, index: int = 0,
+        text: TextEncoder, codec: LatentCodec, epoch: int = 0, index: int = 0, cache: EncodingCache | None = None,
     ):
         self.stream, self.data, self.recipe, self.window_shots, self.seed = stream, data, recipe, window_shots, seed
-        self.text, self.codec = text, codec
+        self.text, self.codec, self.cache = text, codec, cache
         self.position = {"epoch": epoch, "index": index}      # next sample to hand out
         self.corrupt = 0                                      # corrupt samples skipped
         self.wait_s = 0.0                                     # time the consumer waited for data
@@ -179,7 +193,8 @@ class SceneLoader:
                 if self._stop.is_set():
                     return
                 try:
-                    item = encode(prepare(sample, self.data, self.recipe, self.window_shots, self.seed), self.text, self.codec)
+                    item = encode(prepare(sample, self.data, self.recipe, self.window_shots, self.seed), self.text, self.codec,
+                                  self.cache)
                 except CorruptSample as err:
                     item = err
                 self._put((e, i, item))

@@ -33,6 +33,7 @@ from model import Scene, Shot, TextEncoder, build_codec, collate
 from model.lct import unpack
 from model.sampling import null_scene
 
+from .cache import EncodingCache
 from .config import TrainConfig
 from .data import SceneLoader, SceneStream
 from .engine import (
@@ -160,10 +161,12 @@ def train_worker(args: dict) -> None:
     else:
         position = positions[str(sp.dp_rank)]
 
-    text = TextEncoder(data.text_config())
+    cache = (EncodingCache(data.cache_dir or run_dir / "cache", data.codec_config(), data.text_config())
+             if data.cache else None)                      # latents + prompt features encoded once
+    text = TextEncoder(cache.text_config if cache else data.text_config())
     codec = build_codec(data.codec_config())
     stream = SceneStream(data.dataset, sp.dp_rank, sp.dp_world, sched.seed, data.shuffle_buffer, data.holdout)
-    loader = SceneLoader(stream, data, cfg.recipe, cfg.window_shots, sched.seed, text, codec, **position)
+    loader = SceneLoader(stream, data, cfg.recipe, cfg.window_shots, sched.seed, text, codec, **position, cache=cache)
     val_scene = validation_scene(data.dataset, data, cfg.window_shots, data.holdout)
     writer = MetricsWriter(run_dir) if rank == 0 else None
     peak = matmul_peak(device.type) if rank == 0 else None
