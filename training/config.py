@@ -147,6 +147,9 @@ class RecipeSection(_Strict):
     logit_std: float = Field(1.0, gt=0, description="s of the logit-normal.")
     image_prob: float = Field(0.1, ge=0, le=1, description="Chance a shot is replaced by one of its frames.")
     single_shot_prob: float = Field(0.1, ge=0, le=1, description="Chance a sample is one shot of its scene.")
+    continuation_prob: float = Field(
+        0.0, ge=0, le=1, description="Chance a sample is consecutive segments of one shot, prompts without "
+        "[SHOT CUT] (what `lct generate --mode extend` continues; shots too short for 2 segments are skipped).")
     text_dropout: float = Field(0.1, ge=0, le=1, description="Chance all prompts of a scene are dropped (CFG).")
 
 

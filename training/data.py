@@ -12,11 +12,14 @@
 2. Resume. `position` counts samples handed out in the current epoch; a stream started at a
    position regenerates that epoch and skips the samples already used (tar reads, no decode).
 3. Augmentation is a pure function of (seed, epoch, scene key): the window of <= window_shots
-   shots, the single-shot sample, each shot's time window, and the shot replaced by one of its
-   frames. Nothing depends on global RNG. With `data.cache` (training/cache.py) each shot's time
-   window and image frame are a function of (seed, scene key, shot) alone, the same every epoch,
-   so its latents are encoded once and read back after; which shots, and whether a shot is an
-   image, still change per epoch. (Prompt dropout for classifier-free guidance is
+   shots, the single-shot sample, the continuation sample, each shot's time window, and the shot
+   replaced by one of its frames. Nothing depends on global RNG. With `data.cache`
+   (training/cache.py) each shot's time window and image frame are a function of (seed, scene
+   key, shot) alone, the same every epoch, so its latents are encoded once and read back after;
+   which shots, and whether a shot is an image, still change per epoch. A continuation sample
+   (share `recipe.continuation_prob`) is 2..window_shots consecutive, non-overlapping segments of
+   one shot, each `data.frames` long, every one with the shot's caption as written (no
+   "[SHOT CUT]"): the layout `lct generate --mode extend` continues a shot in. (Prompt dropout for classifier-free guidance is
    decided per step in the loop, identically on every rank: see training/objective.py.)
 4. Bad samples (unreadable tar members, missing json or shot mp4, undecodable video) are
    skipped and counted in `loader.skipped`; they never stop the run.
@@ -114,6 +117,7 @@ class Prepared:
     captions: list[str]
     videos: list[np.ndarray]          # per shot (F, H, W, 3) uint8; F = 1 for an image shot
     clips: list[dict]                 # per shot: what was taken (the latent cache's key within the scene)
+    continuation: bool = False        # the shots are consecutive segments of one shot (no "[SHOT CUT]")
 
 
 def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
@@ -127,6 +131,10 @@ def prepare(sample: dict, data: DataSection, recipe: RecipeSection, window_shots
     if not shots:
         raise CorruptSample(f"sample {key!r} has no shots in its json")
     rng = sample_rng(seed, sample.get("__epoch__", 0), key)
+    if recipe.continuation_prob and window_shots > 1 and rng.random() < recipe.continuation_prob:
+        segments = continuation(scene, data, window_shots, rng)
+        if segments is not None:
+            return segments
     n = len(shots)
     if n > 1 and rng.random() < recipe.single_shot_prob:
         picks = [int(rng.integers(n))]
@@ -152,6 +160,33 @@ def prepare(sample: dict, data: DataSection, recipe: RecipeSection, window_shots
     return Prepared(key, scene.global_caption, captions, videos, clips)
 
 
+def continuation(scene: SceneSample, data: DataSection, window_shots: int, rng: np.random.Generator) -> Prepared | None:
+    """Consecutive segments of one shot of the scene (None when no shot holds two segments)."""
+    seg_s = data.frames / data.fps
+    clips = []
+    for i in range(len(scene.shots)):
+        try:
+            frames, src_fps = read_frames(scene.mp4(i))
+        except ClipError as err:
+            raise CorruptSample(f"sample {scene.key!r} shot {i}: {err}") from err
+        if len(frames) / src_fps >= 2 * seg_s:
+            clips.append((i, frames, src_fps))
+    if not clips:
+        return None
+    i, frames, src_fps = clips[int(rng.integers(len(clips)))]
+    duration = len(frames) / src_fps
+    k = min(window_shots, int(duration // seg_s))
+    start = float(rng.uniform(0.0, duration - k * seg_s))
+    videos, taken = [], []
+    for s in range(k):
+        idx = window_indices(len(frames), src_fps, data.frames, data.fps, start + s * seg_s)
+        videos.append(np.stack([cover_crop(frames[j], tuple(data.size)) for j in idx]))
+        taken.append({"shot": i, "frames": [int(j) for j in idx], "of": len(frames), "fps": float(src_fps),
+                      "size": list(data.size)})
+    caption = scene.shots[i].get("caption") or ""
+    return Prepared(scene.key, scene.global_caption, [caption] * k, videos, taken, continuation=True)
+
+
 # -- encoding and the loader ------------------------------------------------------------------
 @dataclass
 class TrainScene:
@@ -166,7 +201,9 @@ def encode(prepared: Prepared, text: TextEncoder, codec: LatentCodec, cache: Enc
         return run() if cache is None else cache.latent(prepared.key, clip, run)
 
     latents = [one(v, c) for v, c in zip(prepared.videos, prepared.clips)]
-    rows = [r.cpu() for r in encode_prompts(text, scene_prompts(prepared.global_caption, prepared.captions))]
+    prompts = ([prepared.global_caption] + [c.strip() for c in prepared.captions] if prepared.continuation
+               else scene_prompts(prepared.global_caption, prepared.captions))   # segments: as written
+    rows = [r.cpu() for r in encode_prompts(text, prompts)]
     return TrainScene(prepared.key, Scene(global_text=rows[0], shots=[Shot(r, z) for r, z in zip(rows[1:], latents)]))
 
 

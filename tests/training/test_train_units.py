@@ -5,6 +5,7 @@ import json
 import shutil
 import tarfile
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -95,14 +96,46 @@ def test_ranks_read_disjoint_shards_and_holdout_is_excluded(curated):
 def test_prepare_windows_shots_and_makes_image_shots(curated):
     raw = next(s for _, _, s in SceneStream(curated, shuffle_buffer=1).from_position() if len(json.loads(s["json"])["shots"]) >= 3)
     data = DataSection(**DATA)
-    p = prepare(raw, data, RecipeSection(single_shot_prob=0, image_prob=0, text_dropout=0), window_shots=2, seed=0)
+    p = prepare(raw, data, RecipeSection(single_shot_prob=0, image_prob=0, text_dropout=0, continuation_prob=0), window_shots=2, seed=0)
     assert len(p.videos) == 2 and all(v.shape == (4, 16, 16, 3) for v in p.videos)
-    again = prepare(raw, data, RecipeSection(single_shot_prob=0, image_prob=0, text_dropout=0), window_shots=2, seed=0)
+    again = prepare(raw, data, RecipeSection(single_shot_prob=0, image_prob=0, text_dropout=0, continuation_prob=0), window_shots=2, seed=0)
     assert all((a == b).all() for a, b in zip(p.videos, again.videos)) and p.captions == again.captions
-    img = prepare(raw, data, RecipeSection(single_shot_prob=0, image_prob=1, text_dropout=1), window_shots=9, seed=0)
+    img = prepare(raw, data, RecipeSection(single_shot_prob=0, image_prob=1, text_dropout=1, continuation_prob=0), window_shots=9, seed=0)
     assert all(v.shape[0] == 1 for v in img.videos)
-    one = prepare(raw, data, RecipeSection(single_shot_prob=1, image_prob=0, text_dropout=0), window_shots=9, seed=0)
+    one = prepare(raw, data, RecipeSection(single_shot_prob=1, image_prob=0, text_dropout=0, continuation_prob=0), window_shots=9, seed=0)
     assert len(one.videos) == 1
+
+
+def test_continuation_samples_are_consecutive_segments_of_one_shot_without_the_cut_marker(curated):
+    """What `--mode extend` continues: k segments of one shot, back to back, each prompted as written."""
+    from dataprep.dataset import SceneSample
+    from dataprep.media import cover_crop, read_frames
+    from model import encode_prompts
+    from training.data import encode
+
+    data = DataSection(**{**DATA, "frames": 2, "fps": 4.0})            # 0.5 s segments: 64x64 clips hold several
+    recipe = RecipeSection(continuation_prob=1, single_shot_prob=0, image_prob=0, text_dropout=0)
+    seen = 0
+    for _, _, raw in SceneStream(curated, shuffle_buffer=1).from_position():
+        p = prepare(raw, data, recipe, window_shots=3, seed=0)
+        if not p.continuation:
+            continue
+        scene = SceneSample.parse(raw)
+        shot = next(i for i, s in enumerate(scene.shots) if (s.get("caption") or "") == p.captions[0])
+        assert 2 <= len(p.videos) <= 3 and len(set(p.captions)) == 1
+        src, src_fps = read_frames(scene.mp4(shot))
+        crops = [cover_crop(f, tuple(data.size)) for f in src]
+        index = [next(j for j, c in enumerate(crops) if (c == frame).all()) for frame in np.concatenate(p.videos)]
+        steps = np.diff(index)                                           # source frames between target frames
+        assert (steps > 0).all() and abs(steps - src_fps / data.fps).max() <= 1, (index, src_fps)
+        text = TextEncoder(data.text_config())
+        rows = encode(p, text, build_codec(data.codec_config())).scene
+        plain = encode_prompts(text, [p.global_caption, p.captions[0].strip()])
+        assert torch.equal(rows.shots[0].text, plain[1].cpu()) and "[SHOT CUT]" not in p.captions[0]
+        seen += 1
+        if seen == 2:
+            break
+    assert seen == 2
 
 
 def _corrupt_copy(curated, tmp_path):
@@ -129,7 +162,7 @@ def test_loader_skips_and_counts_corrupt_samples(curated, tmp_path):
     root, n_bad = _corrupt_copy(curated, tmp_path)
     data = DataSection(**DATA, dataset=str(root), prefetch=2)
     text, codec = TextEncoder(data.text_config()), build_codec(data.codec_config())
-    plain = RecipeSection(single_shot_prob=0, image_prob=0, text_dropout=0)
+    plain = RecipeSection(single_shot_prob=0, image_prob=0, text_dropout=0, continuation_prob=0)
     loader = SceneLoader(SceneStream(root, shuffle_buffer=1), data, plain, 9, 0, text, codec)
     try:
         got = [loader.next() for _ in range(11)]
