@@ -315,3 +315,30 @@ def test_damaged_committed_shard_is_detected_and_its_films_curated_again(tmp_pat
     _, _, shards = manifest.consolidate(out)
     for shard in shards:
         assert hashlib.sha256((out / "shards" / shard["name"]).read_bytes()).hexdigest() == shard["sha256"]
+
+
+@pytest.mark.slow  # the session's curated dataset (real curate on synthetic films)
+def test_the_journal_of_a_real_curated_dataset_is_rebuilt_whole(curated, tmp_path):
+    """Issue 15.1 on what `lct curate` writes: with manifest/parts/ gone, every shard's part is rebuilt from its
+    samples and the manifest's kept shots (captions, embeddings, frames) come back as they were."""
+    import shutil
+
+    from dataprep.dataset import check_dataset
+
+    out = tmp_path / "ds"
+    shutil.copytree(curated, out)
+    shutil.rmtree(manifest.parts_dir(out))
+    notes = recover(out)
+    assert notes and all("rebuilt its journal part" in n for n in notes), notes
+    films, shots, shards = manifest.consolidate(out)
+    assert check_dataset(out).problems == []        # dataset.json's shard list, sizes and sha256 still hold
+    before = pq.read_table(curated / "manifest" / "films.parquet").to_pylist()
+    assert sorted((r["film_id"], r["uri"], r["n_scenes"], r["n_shots"]) for r in films.to_pylist()) == sorted(
+        (r["film_id"], r["uri"], r["n_scenes"], r["n_shots"]) for r in before if r["status"] == "ok")
+    columns = ["scene_id", "shot_index", "start_frame", "end_frame", "caption", "caption_source", "shard"]
+    kept = lambda rows: sorted(tuple(r[c] for c in columns) for r in rows if r["kept"])
+    original = pq.read_table(curated / "manifest" / "shots.parquet").to_pylist()
+    assert kept(shots.to_pylist()) == kept(original)
+    clips = {r["scene_id"] + str(r["shot_index"]): r["clip"] for r in original if r["kept"]}
+    assert all(np.allclose(r["clip"], clips[r["scene_id"] + str(r["shot_index"])], atol=1e-2)  # stored as float16
+               for r in shots.to_pylist())
