@@ -19,8 +19,9 @@
    which shots, and whether a shot is an image, still change per epoch. A continuation sample
    (share `recipe.continuation_prob`) is 2..window_shots consecutive, non-overlapping segments of
    one shot, each `data.frames` long, every one with the shot's caption as written (no
-   "[SHOT CUT]"): the layout `lct generate --mode extend` continues a shot in. (Prompt dropout for classifier-free guidance is
-   decided per step in the loop, identically on every rank: see training/objective.py.)
+   "[SHOT CUT]"): the layout `lct generate --mode extend` continues a shot in. (Prompt dropout
+   for classifier-free guidance is decided per step in the loop, identically on every rank: see
+   training/objective.py.)
 4. Bad samples (unreadable tar members, missing json or shot mp4, undecodable video) are
    skipped and counted in `loader.skipped`; they never stop the run.
 """
@@ -155,36 +156,39 @@ def prepare(sample: dict, data: DataSection, recipe: RecipeSection, window_shots
             idx = [idx[int(clip_rng.integers(len(idx)))]]         # an image shot (F = 1)
         videos.append(np.stack([cover_crop(frames[j], tuple(data.size)) for j in idx]))
         captions.append(shots[i].get("caption") or "")
-        clips.append({"shot": i, "frames": [int(j) for j in idx], "of": len(frames), "fps": float(src_fps),
-                      "size": list(data.size)})
+        clips.append(taken(i, idx, len(frames), src_fps, data))
     return Prepared(key, scene.global_caption, captions, videos, clips)
+
+
+def taken(shot: int, idx: list[int], of: int, src_fps: float, data: DataSection) -> dict:
+    """What a clip took from its shot: the latent cache's key within the scene (training/cache.py)."""
+    return {"shot": shot, "frames": [int(j) for j in idx], "of": of, "fps": float(src_fps), "size": list(data.size)}
 
 
 def continuation(scene: SceneSample, data: DataSection, window_shots: int, rng: np.random.Generator) -> Prepared | None:
     """Consecutive segments of one shot of the scene (None when no shot holds two segments)."""
     seg_s = data.frames / data.fps
-    clips = []
+    long_enough = []
     for i in range(len(scene.shots)):
         try:
             frames, src_fps = read_frames(scene.mp4(i))
         except ClipError as err:
             raise CorruptSample(f"sample {scene.key!r} shot {i}: {err}") from err
         if len(frames) / src_fps >= 2 * seg_s:
-            clips.append((i, frames, src_fps))
-    if not clips:
+            long_enough.append((i, frames, src_fps))
+    if not long_enough:
         return None
-    i, frames, src_fps = clips[int(rng.integers(len(clips)))]
+    i, frames, src_fps = long_enough[int(rng.integers(len(long_enough)))]
     duration = len(frames) / src_fps
     k = min(window_shots, int(duration // seg_s))
     start = float(rng.uniform(0.0, duration - k * seg_s))
-    videos, taken = [], []
+    videos, clips = [], []
     for s in range(k):
         idx = window_indices(len(frames), src_fps, data.frames, data.fps, start + s * seg_s)
         videos.append(np.stack([cover_crop(frames[j], tuple(data.size)) for j in idx]))
-        taken.append({"shot": i, "frames": [int(j) for j in idx], "of": len(frames), "fps": float(src_fps),
-                      "size": list(data.size)})
+        clips.append(taken(i, idx, len(frames), src_fps, data))
     caption = scene.shots[i].get("caption") or ""
-    return Prepared(scene.key, scene.global_caption, [caption] * k, videos, taken, continuation=True)
+    return Prepared(scene.key, scene.global_caption, [caption] * k, videos, clips, continuation=True)
 
 
 # -- encoding and the loader ------------------------------------------------------------------
