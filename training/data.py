@@ -133,7 +133,7 @@ def prepare(sample: dict, data: DataSection, recipe: RecipeSection, window_shots
         raise CorruptSample(f"sample {key!r} has no shots in its json")
     rng = sample_rng(seed, sample.get("__epoch__", 0), key)
     if recipe.continuation_prob and window_shots > 1 and rng.random() < recipe.continuation_prob:
-        segments = continuation(scene, data, window_shots, rng)
+        segments = continuation(scene, data, window_shots, rng, seed)
         if segments is not None:
             return segments
     n = len(shots)
@@ -165,8 +165,12 @@ def taken(shot: int, idx: list[int], of: int, src_fps: float, data: DataSection)
     return {"shot": shot, "frames": [int(j) for j in idx], "of": of, "fps": float(src_fps), "size": list(data.size)}
 
 
-def continuation(scene: SceneSample, data: DataSection, window_shots: int, rng: np.random.Generator) -> Prepared | None:
-    """Consecutive segments of one shot of the scene (None when no shot holds two segments)."""
+def continuation(scene: SceneSample, data: DataSection, window_shots: int, rng: np.random.Generator,
+                 seed: int = 0) -> Prepared | None:
+    """Consecutive segments of one shot of the scene (None when no shot holds two segments).
+
+    With data.cache the segments' start is a function of (seed, scene key, shot) alone, like a
+    cached shot's time window, so its latents are read back on later epochs."""
     seg_s = data.frames / data.fps
     long_enough = []
     for i in range(len(scene.shots)):
@@ -181,7 +185,8 @@ def continuation(scene: SceneSample, data: DataSection, window_shots: int, rng: 
     i, frames, src_fps = long_enough[int(rng.integers(len(long_enough)))]
     duration = len(frames) / src_fps
     k = min(window_shots, int(duration // seg_s))
-    start = float(rng.uniform(0.0, duration - k * seg_s))
+    start_rng = sample_rng(seed, 0, f"{scene.key}/{i}/continuation") if data.cache else rng
+    start = float(start_rng.uniform(0.0, duration - k * seg_s))
     videos, clips = [], []
     for s in range(k):
         idx = window_indices(len(frames), src_fps, data.frames, data.fps, start + s * seg_s)

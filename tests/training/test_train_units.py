@@ -138,6 +138,22 @@ def test_continuation_samples_are_consecutive_segments_of_one_shot_without_the_c
     assert seen == 2
 
 
+def test_cached_continuation_segments_are_the_same_every_epoch(curated):
+    """With data.cache a continuation sample's segments (the cache keys) repeat across epochs; without, they move."""
+    raw = next(s for _, _, s in SceneStream(curated, shuffle_buffer=1).from_position()
+               if max(sh["end_s"] - sh["start_s"] for sh in json.loads(s["json"])["shots"]) >= 2.0)
+    recipe = RecipeSection(continuation_prob=1, single_shot_prob=0, image_prob=0, text_dropout=0)
+
+    def clips(cache: bool) -> list:
+        data = DataSection(**{**DATA, "frames": 2, "fps": 4.0, "cache": cache})
+        out = [prepare({**raw, "__epoch__": e}, data, recipe, window_shots=2, seed=0) for e in range(6)]
+        assert all(p.continuation for p in out)
+        return [json.dumps(p.clips, sort_keys=True) for p in out]
+
+    assert len(set(clips(cache=True))) <= len(json.loads(raw["json"])["shots"])   # one window per shot
+    assert len(set(clips(cache=False))) > len(set(clips(cache=True)))
+
+
 def _corrupt_copy(curated, tmp_path):
     """The dataset with one broken shot mp4 and one sample without its json, in a fourth shard."""
     root = tmp_path / "ds"
