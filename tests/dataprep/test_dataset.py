@@ -12,6 +12,14 @@ from dataprep.shards import SceneShardWriter
 from tests.dataprep.test_shards import _film
 
 
+def _written(out, films: list[tuple[str, int]], max_samples: int) -> None:
+    """Films (id, scenes) through one SceneShardWriter, flushed: shards + journal, not yet folded."""
+    writer = SceneShardWriter(out, ShardConfig(max_samples=max_samples))
+    for film_id, scenes in films:
+        writer.add(_film(film_id, scenes))
+    writer.flush()
+
+
 def _finish(out):
     """What the end of a run does: fold the journal, write dataset.json with the shard list."""
     _, _, shards = manifest.consolidate(out)
@@ -38,10 +46,7 @@ def test_check_catches_films_a_second_writer_pushed_out(tmp_path):
 
 
 def test_check_catches_films_in_shards_but_not_in_the_manifest(tmp_path):
-    writer = SceneShardWriter(tmp_path, ShardConfig(max_samples=4))
-    for film in [_film("f0", 2), _film("f1", 1)]:
-        writer.add(film)
-    writer.flush()
+    _written(tmp_path, [("f0", 2), ("f1", 1)], max_samples=4)
     _finish(tmp_path)
     assert check_dataset(tmp_path).problems == []
     path = tmp_path / "manifest" / "films.parquet"
@@ -58,10 +63,7 @@ def test_inspect_reports_a_damaged_shard_instead_of_crashing(tmp_path):
 
     from pipelines.cli import app
 
-    writer = SceneShardWriter(tmp_path, ShardConfig(max_samples=2))
-    for film in [_film("f0", 2), _film("f1", 2)]:
-        writer.add(film)
-    writer.flush()
+    _written(tmp_path, [("f0", 2), ("f1", 2)], max_samples=2)
     _, _, shards = manifest.consolidate(tmp_path)
     counts = {"films": {"ok": 2, "failed": 0, "skipped": 0}, "shots": 8, "shots_dropped": 0, "scenes": 4, "shards": 2}
     (tmp_path / "dataset.json").write_text(json.dumps({"shards": shards, "counts": counts, "embed": {}}))
@@ -78,10 +80,7 @@ def test_inspect_reports_a_damaged_shard_instead_of_crashing(tmp_path):
 
 def test_check_catches_manifest_rows_pointing_to_absent_shards_or_members(tmp_path):
     """Issue 15.2: kept shot rows whose shard is gone or whose `{i:03d}.mp4` is not in the sample are named."""
-    writer = SceneShardWriter(tmp_path, ShardConfig(max_samples=2))
-    for film in [_film("f0", 2), _film("f1", 2)]:
-        writer.add(film)
-    writer.flush()
+    _written(tmp_path, [("f0", 2), ("f1", 2)], max_samples=2)
     _finish(tmp_path)
     path = tmp_path / "manifest" / "shots.parquet"
     rows = pq.read_table(path).to_pylist()
