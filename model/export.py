@@ -123,11 +123,42 @@ def _build(cfg, device: str | torch.device = "cpu"):
     return build_wan(cfg, device)
 
 
+MAX_DERIVED_BYTES = 256 * 2**20   # non-weight buffers a config derives (Wan's RoPE table); no header vouches for them
+
+
+def _depth_key(cfg) -> str:
+    return "depth" if isinstance(cfg, LCTConfig) else "transformer.num_layers"
+
+
+def _meta_build(cfg, shapes: dict[str, tuple[int, ...]], directory: Path):
+    """The model of `cfg` on the meta device, after the checks a meta build does not make: the block count
+    against the header first (a million blocks take hours to build even on meta), then the size of the
+    buffers the config derives (not in the file, so real memory at the real build)."""
+    blocks = {key.split(".")[1] for key in shapes if key.startswith("blocks.")}
+    if cfg.depth != len(blocks):
+        raise ExportError(f"{directory / WEIGHTS} does not match {directory / CONFIG}: {_depth_key(cfg)!r} is "
+                          f"{cfg.depth} in {CONFIG} but {WEIGHTS} holds {len(blocks)} blocks")
+    try:
+        meta = _build(cfg, "meta")
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise ExportError(f"{directory / CONFIG}: its model cannot be built ({e})") from e
+    persistent = set(meta.state_dict())
+    derived = {n: b.numel() * b.element_size() for n, b in meta.named_buffers() if n not in persistent}
+    if sum(derived.values()) > MAX_DERIVED_BYTES:
+        sizes = "" if isinstance(cfg, LCTConfig) else (
+            f"; 'transformer.rope_max_seq_len' is {cfg.transformer.get('rope_max_seq_len')}")
+        raise ExportError(f"{directory / CONFIG}: the buffers it derives ({sorted(derived)}) would take "
+                          f"{sum(derived.values()) / 2**20:.0f} MiB, over the {MAX_DERIVED_BYTES // 2**20} MiB an "
+                          f"export may derive{sizes}")
+    return meta
+
+
 def load_export(directory: str | Path, device: str | torch.device = "cpu") -> LCT:
     """Rebuild the LCT from config.json and load model.safetensors into it (strict).
 
-    The config is checked against the safetensors header on the meta device first, so a hostile or
-    mismatched config.json is refused before a single weight is allocated.
+    The config is checked against the safetensors header on the meta device first (block count, then
+    every tensor's shape, and the size of what it derives), so a hostile or mismatched config.json is
+    refused before a single weight is allocated.
     """
     directory = Path(directory)
     missing = [name for name in (WEIGHTS, CONFIG) if not (directory / name).is_file()]
@@ -141,7 +172,8 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> LC
     except (TypeError, ValueError) as e:
         raise ExportError(f"{directory / CONFIG}: {e}") from e
     shapes = weight_shapes(directory / WEIGHTS)
-    expected = {k: tuple(v.shape) for k, v in _build(cfg, "meta").state_dict().items()}
+    meta = _meta_build(cfg, shapes, directory)
+    expected = {k: tuple(v.shape) for k, v in meta.state_dict().items()}
     absent, extra = sorted(set(expected) - set(shapes)), sorted(set(shapes) - set(expected))
     wrong = [f"{k}: file {shapes[k]} vs config {expected[k]}" for k in sorted(shapes) if k in expected and shapes[k] != expected[k]]
     if absent or extra or wrong:

@@ -37,6 +37,7 @@ all of it); the processor's `shard` picks this rank's RoPE positions. The KV-cac
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -77,6 +78,13 @@ class WanConfig:
 
     def __post_init__(self) -> None:
         t = self.transformer
+        if not isinstance(t, dict):
+            raise ValueError(f"WanConfig.transformer must be a dict of WanTransformer3DModel init args, got {t!r}")
+        known = set(inspect.signature(WanTransformer3DModel.__init__).parameters) - {"self"}
+        unknown = sorted(set(t) - known)
+        if unknown:
+            raise ValueError(f"WanConfig.transformer has keys {unknown} that diffusers' WanTransformer3DModel does "
+                             f"not take (known: {sorted(known)})")
         for key in ("num_attention_heads", "attention_head_dim", "in_channels", "num_layers", "text_dim"):
             if not isinstance(t.get(key), int) or t[key] < 1:
                 raise ValueError(f"WanConfig.transformer[{key!r}] must be a positive int, got {t.get(key)!r}")

@@ -1,5 +1,6 @@
 import json
 import pickle
+import time
 
 import pytest
 import torch
@@ -52,7 +53,7 @@ def test_config_mismatch_is_a_teaching_error(tmp_path):
     with pytest.raises(ValueError, match=r"does not match .*" + shapes):
         load_export(tmp_path)
     path.write_text(json.dumps({**config, "depth": 3}))
-    with pytest.raises(ValueError, match=r"does not match .*missing \['blocks\.1\.txt\.mlp"):
+    with pytest.raises(ValueError, match=r"does not match .*'depth' is 3 in config.json but model.safetensors holds 2"):
         load_export(tmp_path)
     path.write_text(json.dumps({**config, "dropout": 0.1}))
     with pytest.raises(ValueError, match=r"fields \['dropout'\] that LCTConfig does not know"):
@@ -64,10 +65,56 @@ def test_a_hostile_config_is_refused_from_the_header_before_anything_is_allocate
     save_export(make_model(), tmp_path)
     path = tmp_path / "config.json"
     config = json.loads(path.read_text())
-    # ~3.3e12 parameters: building this model for real would try to allocate about 13 TB
-    path.write_text(json.dumps({**config, "width": 65536, "heads": 64, "depth": 64}))
+    # ~2.7e11 parameters: building this model for real would try to allocate about 1 TB
+    path.write_text(json.dumps({**config, "width": 65536, "heads": 64}))
     with pytest.raises(ExportError, match=r"does not match .*shape mismatches"):
         load_export(tmp_path)
+
+
+@pytest.mark.timeout(60)            # on a regression the meta build of a million blocks runs for hours
+def test_a_hostile_block_count_is_refused_before_building(tmp_path):
+    save_export(make_model(), tmp_path)
+    path = tmp_path / "config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "depth": 1_000_000}))
+    started = time.perf_counter()
+    with pytest.raises(ExportError, match=r"'depth' is 1000000 in config.json but model.safetensors holds 2 blocks"):
+        load_export(tmp_path)
+    assert time.perf_counter() - started < 5
+
+
+def wan_export(directory):
+    """A tiny random Wan model saved as an export (model.safetensors, config.json, diffusers/)."""
+    from examples.make_tiny_wan import TRANSFORMER
+    from model.wan import WanConfig, build_wan
+
+    torch.manual_seed(0)
+    return save_export(build_wan(WanConfig(dict(TRANSFORMER), text_len=8)), directory)
+
+
+@pytest.mark.timeout(60)
+def test_a_hostile_wan_export_config_is_refused_before_allocating(tmp_path):
+    directory = wan_export(tmp_path / "export")
+    assert load_export(directory).cfg.depth == 2
+    path = directory / "config.json"
+    config = json.loads(path.read_text())
+
+    def hostile(**transformer):
+        path.write_text(json.dumps({**config, "transformer": {**config["transformer"], **transformer}}))
+        started = time.perf_counter()
+        with pytest.raises(ExportError, match=r"config.json") as caught:
+            load_export(directory)
+        assert time.perf_counter() - started < 5             # refused from the header, nothing built
+        return " ".join(str(caught.value).split())
+
+    assert "'transformer.num_layers' is 1000000 in config.json" in hostile(num_layers=1_000_000)
+    # RoPE tables of 4M positions: ~370 MB that no weight in the file accounts for
+    said = hostile(rope_max_seq_len=4_000_000)
+    assert "'transformer.rope_max_seq_len' is 4000000" in said and "MiB" in said
+    assert "['bogus']" in hostile(bogus=1)                  # was a TypeError traceback from diffusers
+    path.write_text(json.dumps({**config, "transformer": 5}))
+    with pytest.raises(ExportError, match=r"config.json: .*transformer must be a dict"):
+        load_export(directory)
 
 
 def test_a_corrupt_safetensors_file_is_named_without_pickle_advice(tmp_path):
