@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -246,14 +247,44 @@ def export_dir(path: str | Path) -> Path:
     )
 
 
+def _positive_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+INFO_FIELDS = {   # lct.json key -> (what it must be, the check); optional ones are checked when present
+    "frames": ("a positive int (video frames per shot)", _positive_int),
+    "fps": ("a number > 0", lambda v: _number(v) and v > 0),
+    "size": ("[H, W], two positive ints", lambda v: isinstance(v, list) and len(v) == 2 and all(map(_positive_int, v))),
+    "step": ("an int >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "run": ("a string", lambda v: isinstance(v, str)),
+    "text_dropout": ("a number in [0, 1]", lambda v: _number(v) and 0 <= v <= 1),
+    "flow_shift": ("a number > 0", lambda v: _number(v) and v > 0),
+}
+
+
+def check_info(info: dict, path: Path) -> None:
+    """lct.json's fields have their types and ranges (a hand-edited or hostile file is named, key and value)."""
+    absent = [k for k in INFO_KEYS if k not in info]
+    if absent:
+        raise ExportError(f"{path} lacks {absent} (an lct.json holds {list(INFO_KEYS)}); "
+                          "re-export the run with `lct train --out RUN --export-only`")
+    for key, (wanted, ok) in INFO_FIELDS.items():
+        if key in info and not ok(info[key]):
+            raise ExportError(f"{path}: {key!r} must be {wanted}, got {info[key]!r}")
+    for key in ("text", "codec"):
+        if not isinstance(info[key], dict):
+            raise ExportError(f"{path}: {key!r} must be a JSON object (its config), got {info[key]!r}")
+
+
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> InferenceBundle:
     """The model, its text encoder and codec, and what it was trained at, from a run or export dir."""
     directory = export_dir(path)
     info = _read_json(directory / INFO)
-    absent = [k for k in INFO_KEYS if k not in info]
-    if absent:
-        raise ExportError(f"{directory / INFO} lacks {absent} (an lct.json holds {list(INFO_KEYS)}); "
-                          "re-export the run with `lct train --out RUN --export-only`")
+    check_info(info, directory / INFO)
     try:
         codec_cfg = dict(info["codec"])
         if codec_cfg.get("size") is not None:

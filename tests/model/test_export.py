@@ -163,6 +163,36 @@ def test_cli_generate_exits_2_on_a_damaged_export(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("field, value, said", [
+    ("size", 5, "'size' must be [H, W], two positive ints, got 5"),
+    ("fps", None, "'fps' must be a number > 0, got None"),
+    ("frames", "x", "'frames' must be a positive int (video frames per shot), got 'x'"),
+])
+def test_cli_generate_and_eval_exit_2_on_a_bad_lct_json_field(tmp_path, field, value, said):
+    """Was exit 1 with a traceback (size, fps) or a message naming neither lct.json nor the key (frames)."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    export = write_export(make_model(), tmp_path / "run" / "export", text=TextEncoderConfig(),
+                          codec=LatentCodecConfig(size=(16, 16)), frames=4, fps=8.0, step=1)
+    info = json.loads((export / "lct.json").read_text())
+    (export / "lct.json").write_text(json.dumps({**info, field: value}))
+    scene = tmp_path / "scene.yaml"
+    scene.write_text("global: a room\nshots:\n  - prompt: a shot\n")
+    data = tmp_path / "data"                                   # passes eval's is-a-dataset check only
+    (data / "shards").mkdir(parents=True)
+    (data / "dataset.json").write_text("{}")
+    (data / "shards" / "scenes-000000.tar").write_bytes(b"")
+    runner = CliRunner()
+    for args in (["generate", "--scene", str(scene)], ["eval", "--data", str(data)]):
+        result = runner.invoke(app, [*args, "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "out")])
+        assert result.exit_code == 2, (args[0], result.output, result.exception)
+        flat = " ".join(result.output.split())
+        assert "lct.json:" in "".join(result.output.split()) and said in flat, (args[0], flat)
+        assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
 def test_an_export_written_before_max_shots_became_context_shots_loads(tmp_path):
     model = make_model(context_shots=4)
     save_export(model, tmp_path)
