@@ -10,7 +10,8 @@ An export dir holds three files:
     lct.json            the text encoder config, the latent codec config (its `size` is the frame
                         size the model was trained at), frames per shot, fps, the training step, the run and
                         the prompt-dropout rate it was trained with (`text_dropout`; > 0 turns
-                        classifier-free guidance on by default)
+                        classifier-free guidance on by default) and the sha256 of model.safetensors
+                        (`weights_sha256`, checked at load: a header alone does not vouch for the data)
 Loading never unpickles: weights come from safetensors, the configs from JSON, and the model
 is rebuilt from its config. Nothing of training (optimizer, EMA, DeepSpeed) lives here.
 """
@@ -18,8 +19,10 @@ is rebuilt from its config. Nothing of training (optimizer, EMA, DeepSpeed) live
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,12 +157,22 @@ def _meta_build(cfg, shapes: dict[str, tuple[int, ...]], directory: Path):
     return meta
 
 
-def load_export(directory: str | Path, device: str | torch.device = "cpu") -> LCT:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read 1 MiB at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(2**20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_export(directory: str | Path, device: str | torch.device = "cpu", weights_sha256: str | None = None) -> LCT:
     """Rebuild the LCT from config.json and load model.safetensors into it (strict).
 
     The config is checked against the safetensors header on the meta device first (block count, then
     every tensor's shape, and the size of what it derives), so a hostile or mismatched config.json is
-    refused before a single weight is allocated.
+    refused before a single weight is allocated. With `weights_sha256` (lct.json's) the file's bytes
+    must also hash to it: zeroed or replaced weights under an intact header load otherwise.
     """
     directory = Path(directory)
     missing = [name for name in (WEIGHTS, CONFIG) if not (directory / name).is_file()]
@@ -182,6 +195,9 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> LC
             f"{directory / WEIGHTS} does not match {directory / CONFIG}: missing {absent[:5]}, "
             f"unexpected {extra[:5]}, shape mismatches {wrong[:5]}"
         )
+    if weights_sha256 is not None and file_sha256(directory / WEIGHTS) != weights_sha256:
+        raise ExportError(f"{directory / WEIGHTS} does not match {INFO}'s weights_sha256: the file is damaged or "
+                          "was replaced; re-export the run with `lct train --out RUN --export-only`")
     model = _build(cfg)
     try:
         state = load_file(str(directory / WEIGHTS), device="cpu")
@@ -221,6 +237,7 @@ def write_export(
         "codec": dataclasses.asdict(codec),
         "frames": frames, "fps": fps, "size": list(codec.size), "step": step, "run": run,
         "text_dropout": text_dropout,     # > 0: the model learnt the null prompt, so CFG is on by default
+        "weights_sha256": file_sha256(tmp / WEIGHTS),   # checked at load (exports before it have none)
     }
     if flow_shift is not None:            # the base model's sampling shift (Wan), the default of lct generate
         info["flow_shift"] = flow_shift
@@ -263,6 +280,7 @@ INFO_FIELDS = {   # lct.json key -> (what it must be, the check); optional ones 
     "run": ("a string", lambda v: isinstance(v, str)),
     "text_dropout": ("a number in [0, 1]", lambda v: _number(v) and 0 <= v <= 1),
     "flow_shift": ("a number > 0", lambda v: _number(v) and v > 0),
+    "weights_sha256": ("64 lowercase hex digits", lambda v: isinstance(v, str) and re.fullmatch(r"[0-9a-f]{64}", v)),
 }
 
 
@@ -294,5 +312,5 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Inferen
         raise ExportError(f"{directory / INFO}: its text or codec section is not valid ({e})") from e
     codec = build_codec(codec_config)
     text = TextEncoder(text_config).to(device)
-    model = load_export(directory, device)
+    model = load_export(directory, device, weights_sha256=info.get("weights_sha256"))
     return InferenceBundle(model, text, codec, int(info["frames"]), tuple(info["size"]), float(info["fps"]), info, directory)

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import pickle
 import time
@@ -191,6 +192,47 @@ def test_cli_generate_and_eval_exit_2_on_a_bad_lct_json_field(tmp_path, field, v
         flat = " ".join(result.output.split())
         assert "lct.json:" in "".join(result.output.split()) and said in flat, (args[0], flat)
         assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
+def zero_the_data(weights):
+    """model.safetensors with every data byte zeroed, the header (and so every shape) intact."""
+    data = weights.read_bytes()
+    header = 8 + int.from_bytes(data[:8], "little")
+    weights.write_bytes(data[:header] + bytes(len(data) - header))
+
+
+def test_zeroed_weights_under_an_intact_header_are_refused_by_their_hash(tmp_path):
+    export = write_export(make_model(seed=1), tmp_path / "export", text=TextEncoderConfig(),
+                          codec=LatentCodecConfig(size=(16, 16)), frames=4, fps=8.0, step=1)
+    info = json.loads((export / "lct.json").read_text())
+    assert info["weights_sha256"] == hashlib.sha256((export / "model.safetensors").read_bytes()).hexdigest()
+    load_bundle(export)
+    zero_the_data(export / "model.safetensors")
+    load_export(export)                                       # the header alone cannot tell
+    with pytest.raises(ExportError, match=r"model.safetensors does not match lct.json's weights_sha256: "
+                                          r"the file is damaged or was replaced"):
+        load_bundle(export)
+    # an export written before lct.json had the hash still loads
+    (export / "lct.json").write_text(json.dumps({k: v for k, v in info.items() if k != "weights_sha256"}))
+    assert load_bundle(export).frames == 4
+    (export / "lct.json").write_text(json.dumps({**info, "weights_sha256": 7}))
+    with pytest.raises(ExportError, match=r"lct.json: 'weights_sha256' must be 64 lowercase hex digits, got 7"):
+        load_bundle(export)
+
+
+def test_a_wan_export_checks_its_weights_hash(tmp_path):
+    from examples.make_tiny_wan import TRANSFORMER
+    from model.wan import WanConfig, build_wan
+
+    torch.manual_seed(0)
+    model = build_wan(WanConfig(dict(TRANSFORMER), text_len=8))
+    export = write_export(model, tmp_path / "export", text=TextEncoderConfig(), step=1, frames=5, fps=8.0,
+                          codec=LatentCodecConfig(size=(16, 16)), flow_shift=3.0)
+    assert (export / "diffusers" / "transformer").is_dir()   # only the bundle's own weights are hashed
+    assert load_bundle(export).model.cfg.depth == 2
+    zero_the_data(export / "model.safetensors")
+    with pytest.raises(ExportError, match=r"does not match lct.json's weights_sha256"):
+        load_bundle(export)
 
 
 def test_an_export_written_before_max_shots_became_context_shots_loads(tmp_path):
