@@ -1,7 +1,8 @@
-"""Step metrics reduced over ranks: 2 real gloo processes (torch.multiprocessing), no mocks."""
+"""Step metrics reduced over ranks: 2 real gloo processes (torch.multiprocessing, torchrun), no mocks."""
 
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -29,3 +30,52 @@ def test_skipped_samples_and_loss_are_reduced_over_two_gloo_ranks():
     results = mp.Manager().dict()
     mp.spawn(_rank, args=(_free_port(), results), nprocs=2, join=True)
     assert dict(results) == {0: (2.0, 1), 1: (2.0, 1)}      # the sample skipped on rank 1 counts on rank 0
+
+
+# -- the training loop: `skipped_samples` in metrics.jsonl is the sum over ranks -----------------
+def _one_shard_with_a_corrupt_second_sample(curated, root):
+    """Every scene of `curated` in one shard, the second with garbage mp4s. With fewer shards than ranks
+    each rank reads every other sample (training.data.SceneStream), so only rank 1 ever meets it, and
+    with shuffle_buffer 1 as its first sample."""
+    import io
+    import shutil
+    import tarfile
+
+    shutil.copytree(curated / "manifest", root / "manifest")
+    (root / "shards").mkdir(parents=True)
+    keys = []
+    with tarfile.open(root / "shards" / "scenes-000000.tar", "w") as out:
+        for src in sorted((curated / "shards").glob("*.tar")):
+            with tarfile.open(src) as tar:
+                for m in tar.getmembers():
+                    key = m.name.split(".")[0]
+                    if key not in keys:
+                        keys.append(key)
+                    data = tar.extractfile(m).read()
+                    if keys.index(key) == 1 and m.name.endswith(".mp4"):
+                        data = b"\x00garbage" * 100
+                    m.size = len(data)
+                    out.addfile(m, io.BytesIO(data))
+    assert len(keys) >= 4, keys
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)          # includes building the session `curated` fixture when run alone
+def test_a_sample_skipped_on_rank_1_is_counted_in_the_metrics(curated, tmp_path):
+    from tests.training.test_sequence_parallel import torchrun
+    from training.config import TrainConfig
+    from training.metrics import read_metrics
+
+    dataset = _one_shard_with_a_corrupt_second_sample(curated, tmp_path / "ds")
+    cfg = TrainConfig.model_validate({
+        "data": {"dataset": str(dataset), "frames": 2, "size": [16, 16], "holdout": 0, "shuffle_buffer": 1},
+        "model": {"preset": "lct-debug"},
+        "engine": {"workers": 2, "zero_stage": 1},
+        "schedule": {"steps": 2, "log_every": 1, "checkpoint_every": 2, "sample_steps": 1},
+    })
+    run = tmp_path / "run"
+    run.mkdir()
+    torchrun(run, 2, cfg)                                    # 2 gloo ranks, rank 0 writes the metrics
+    skipped = [m["skipped_samples"] for m in read_metrics(run)]
+    assert len(skipped) == 2 and skipped[-1] >= 1, skipped   # rank 0 alone would say 0
