@@ -345,6 +345,70 @@ def test_the_auth_variables_are_the_ones_ray_reads():
     assert "`RAY_AUTH_TOKEN` environment variable" in inspect.getsource(ray.exceptions.AuthenticationError)
 
 
+def _has_token_auth(container: dict) -> bool:
+    env = {e.get("name"): e for e in container.get("env") or [] if isinstance(e, dict)}
+    return (env.get("RAY_AUTH_MODE", {}).get("value") == "token"
+            and "secretKeyRef" in (env.get("RAY_AUTH_TOKEN", {}).get("valueFrom") or {}))
+
+
+def _ray_without_token_auth(node, where: str = "", in_group: bool = False) -> list[str]:
+    """Every place in a parsed manifest that starts Ray or opens its dashboard / Jobs API (8265) without
+    token auth: the containers of a KubeRay group (rayStartParams) or of any pod exposing 8265, and any
+    command line that runs `ray start` without RAY_AUTH_MODE=token."""
+    found = []
+    if isinstance(node, dict):
+        group = "rayStartParams" in node and "template" in node
+        if group:                                       # every container of a KubeRay group runs Ray
+            pods = _containers(node["template"])
+        elif in_group:
+            pods = []
+        else:                                           # any other pod that opens the Jobs API port
+            pods = [c for c in node.get("containers") or [] if isinstance(c, dict)
+                    and 8265 in {p.get("containerPort") for p in c.get("ports") or []}]
+        found += [f"{where}: container {c.get('name')!r} has no RAY_AUTH_MODE=token + RAY_AUTH_TOKEN from a Secret"
+                  for c in pods if not _has_token_auth(c)]
+        found += [f for k, v in node.items() for f in _ray_without_token_auth(v, f"{where}.{k}", in_group or group)]
+    elif isinstance(node, list):
+        found += [f for i, v in enumerate(node) for f in _ray_without_token_auth(v, f"{where}[{i}]", in_group)]
+    elif isinstance(node, str):
+        for line in node.splitlines():
+            if re.search(r"\bray start\b", line) and "RAY_AUTH_MODE=token" not in line:
+                found.append(f"{where}: {line.strip()!r} starts Ray without RAY_AUTH_MODE=token")
+            if re.search(r"RAY_AUTH_MODE\s*[=:]\s*disabled", line):
+                found.append(f"{where}: {line.strip()!r} turns token auth off")
+    return sorted(set(found))
+
+
+INFRA_YAML = sorted(p.relative_to(INFRA).as_posix() for p in INFRA.rglob("*") if p.suffix in (".yaml", ".yml"))
+
+
+@pytest.mark.parametrize("path", INFRA_YAML)
+def test_no_infra_yaml_starts_ray_or_exposes_its_jobs_api_without_token_auth(path):
+    """Every YAML under infra/, not only the three manifests named in issue 15 item 4."""
+    for doc in yaml.safe_load_all((INFRA / path).read_text()):
+        assert _ray_without_token_auth(doc, path) == []
+
+
+def test_the_token_auth_scan_finds_a_manifest_without_it():
+    assert {"k8s/raycluster.yaml", "k8s/rayjob-train.yaml", "ray/cluster.yaml", "prefect/prefect.yaml"} <= set(INFRA_YAML)
+
+    def strip(node):                             # the manifests as they were before item 4
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k != "env"} | (
+                {"env": [e for e in node["env"] if not str(e.get("name", "")).startswith("RAY_AUTH")]}
+                if isinstance(node.get("env"), list) else {})
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node.replace("RAY_AUTH_MODE=token ", "") if isinstance(node, str) else node
+
+    for path, n in (("k8s/raycluster.yaml", 3), ("k8s/rayjob-train.yaml", 2), ("ray/cluster.yaml", 2)):
+        found = _ray_without_token_auth(strip(_load(path)), path)
+        assert len(found) == n, (path, found)             # head + worker groups; head + worker `ray start`
+    pod = {"containers": [{"name": "dash", "ports": [{"containerPort": 8265}]}]}
+    assert _ray_without_token_auth(pod) == [": container 'dash' has no RAY_AUTH_MODE=token + RAY_AUTH_TOKEN from a Secret"]
+    assert _ray_without_token_auth({"env": ["RAY_AUTH_MODE=disabled"]}) != []
+
+
 @pytest.mark.slow
 def test_a_head_started_with_the_manifest_env_rejects_jobs_api_calls_without_the_token(tmp_path):
     """`ray start --head` (tests/_ray.py) with the RAY_AUTH_* variables the manifests give (the
