@@ -390,7 +390,8 @@ def test_no_infra_yaml_starts_ray_or_exposes_its_jobs_api_without_token_auth(pat
 
 
 def test_the_token_auth_scan_finds_a_manifest_without_it():
-    assert {"k8s/raycluster.yaml", "k8s/rayjob-train.yaml", "ray/cluster.yaml", "prefect/prefect.yaml"} <= set(INFRA_YAML)
+    named = {"k8s/raycluster.yaml", "k8s/rayjob-train.yaml", "ray/cluster.yaml", "prefect/prefect.yaml"}
+    assert named <= set(INFRA_YAML)
 
     def strip(node):                             # the manifests as they were before item 4
         if isinstance(node, dict):
@@ -405,7 +406,8 @@ def test_the_token_auth_scan_finds_a_manifest_without_it():
         found = _ray_without_token_auth(strip(_load(path)), path)
         assert len(found) == n, (path, found)             # head + worker groups; head + worker `ray start`
     pod = {"containers": [{"name": "dash", "ports": [{"containerPort": 8265}]}]}
-    assert _ray_without_token_auth(pod) == [": container 'dash' has no RAY_AUTH_MODE=token + RAY_AUTH_TOKEN from a Secret"]
+    assert _ray_without_token_auth(pod) == [
+        ": container 'dash' has no RAY_AUTH_MODE=token + RAY_AUTH_TOKEN from a Secret"]
     assert _ray_without_token_auth({"env": ["RAY_AUTH_MODE=disabled"]}) != []
 
 
