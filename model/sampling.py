@@ -5,10 +5,17 @@ v = eps - z0, so dz/dt = v and one Euler step from t to t' < t is z <- z + (t' -
 from 1 (pure noise) to 0 (clean). The grid is shifted SD3-style, t' = s t / (1 + (s - 1) t),
 so s > 1 spends more steps at high noise.
 
-Null text for classifier-free guidance: every prompt (global and shots) becomes a zero-length
-prompt (0, Dt). This is the same thing as zero features with an all-false mask (collate drops
-masked tokens), so the group keeps no text tokens and its pooled text is the zero vector;
-training's text dropout must produce the same. v = v_null + scale (v_text - v_null).
+Classifier-free guidance: v = v_uncond + scale (v_text - v_uncond), the unconditional branch
+being the same scene with every prompt (global and shots) replaced by one `negative` (T, Dt):
+- a negative prompt's features (`lct generate --negative-prompt`, the scene file's `negative`),
+  the same features for every group, the prompt as written (no "[SHOT CUT]" added);
+- when none is given, `default_negative(cfg)`: lct's MMDiT uses the null prompt, a zero-length
+  prompt (0, Dt) (the same thing as zero features with an all-false mask: the group keeps no
+  text tokens and its pooled text is the zero vector); a Wan backbone uses the empty string's
+  features, as diffusers' WanPipeline does (negative_prompt ""), the unconditional branch the
+  base model was pre-trained with. Training's prompt dropout (training/train.py) replaces
+  prompts by the very same `negative_features(cfg, text)`, so inference's unconditional branch
+  is the one that was trained, for either backbone.
 
 Modes (all deterministic under SamplerConfig.seed, noise drawn on the CPU generator):
     joint           every shot starts from noise and shares t.
@@ -30,7 +37,10 @@ from typing import Callable, Literal
 import torch
 from torch import Tensor
 
+from .config import LCTConfig
 from .lct import LCT, Batch, Scene, Shot, collate, patchify
+from .prompt import encode_prompts
+from .text import TextEncoder
 
 Mode = Literal["joint", "conditioned", "autoregressive"]
 MODES: tuple[str, ...] = ("joint", "conditioned", "autoregressive")
@@ -59,10 +69,24 @@ def timesteps(steps: int, shift: float = 1.0) -> Tensor:
     return shift * t / (1 + (shift - 1) * t)
 
 
-def null_scene(scene: Scene) -> Scene:
-    """The same scene with every prompt replaced by the null (zero-length) prompt."""
-    empty = scene.global_text.new_zeros(0, scene.global_text.shape[-1])
-    return Scene(global_text=empty, shots=[Shot(text=empty, latent=s.latent) for s in scene.shots])
+def default_negative(cfg) -> str | None:
+    """The negative prompt when none is given: None (the null prompt) for lct's MMDiT (LCTConfig), the
+    empty string for a Wan backbone (WanConfig), as diffusers' WanPipeline."""
+    return None if isinstance(cfg, LCTConfig) else ""
+
+
+def negative_features(cfg, text: TextEncoder, negative: str | None = None) -> Tensor | None:
+    """(T, Dt) features of `negative` (default: default_negative(cfg)) on the encoder's device; None = null prompt."""
+    prompt = default_negative(cfg) if negative is None else negative
+    return None if prompt is None else encode_prompts(text, [prompt])[0]
+
+
+def null_scene(scene: Scene, negative: Tensor | None = None) -> Scene:
+    """The unconditional scene: every prompt replaced by `negative` (T, Dt), or by the null (zero-length)
+    prompt when None. Latents are kept."""
+    text = scene.global_text.new_zeros(0, scene.global_text.shape[-1]) if negative is None else negative
+    text = text.to(scene.global_text.device, scene.global_text.dtype)
+    return Scene(global_text=text, shots=[Shot(text=text, latent=s.latent) for s in scene.shots])
 
 
 @torch.no_grad()
@@ -73,11 +97,13 @@ def sample(
     mode: Mode = "joint",
     given: dict[int, Tensor] | None = None,
     use_cache: bool = True,
+    negative: Tensor | None = None,
 ) -> list[Tensor]:
     """Generate the latents (C, F, H, W) of every shot of `scene`, in shot order.
 
     given: shot index -> clean latent, for mode="conditioned" (returned unchanged).
     use_cache: autoregressive mode only; ignored (recompute) when the model is bidirectional.
+    negative: (T, Dt) prompt features of the unconditional branch (cfg_scale != 1); None = the null prompt.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -93,8 +119,9 @@ def sample(
                 f"{tuple(scene.shots[i].latent.shape)}, got {tuple(latent.shape)}"
             )
     if mode == "autoregressive":
-        return sample_shots(model, scene, config, select=lambda k: list(range(k)), use_cache=use_cache).latents
-    return _sample_scene(model, scene, config, given)
+        return sample_shots(model, scene, config, select=lambda k: list(range(k)), use_cache=use_cache,
+                            negative=negative).latents
+    return _sample_scene(model, scene, config, given, negative)
 
 
 Velocity = Callable[[float, dict[int, Tensor]], dict[int, Tensor]]
@@ -116,10 +143,10 @@ def guide(outs: list[Tensor], scale: float) -> Tensor:
     return outs[0] if len(outs) == 1 else outs[1] + scale * (outs[0] - outs[1])
 
 
-def branches(model: LCT, scene: Scene, config: SamplerConfig) -> list[Batch]:
-    """One collated batch per guidance branch: [text] or [text, null text]."""
+def branches(model: LCT, scene: Scene, config: SamplerConfig, negative: Tensor | None = None) -> list[Batch]:
+    """One collated batch per guidance branch: [text] or [text, negative (None: null) text]."""
     device = next(model.parameters()).device
-    scenes = [scene] if config.cfg_scale == 1.0 else [scene, null_scene(scene)]
+    scenes = [scene] if config.cfg_scale == 1.0 else [scene, null_scene(scene, negative)]
     return [collate([s], model.cfg).to(device) for s in scenes]
 
 
@@ -133,14 +160,15 @@ def draw_noise(shape: torch.Size, gen: torch.Generator, device: torch.device) ->
     return torch.randn(shape, generator=gen).to(device)
 
 
-def _sample_scene(model: LCT, scene: Scene, config: SamplerConfig, given: dict[int, Tensor]) -> list[Tensor]:
+def _sample_scene(model: LCT, scene: Scene, config: SamplerConfig, given: dict[int, Tensor],
+                  negative: Tensor | None = None) -> list[Tensor]:
     """Joint / conditioned: one Euler loop over the whole scene, given shots held at t_c."""
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(config.seed)
     noise = [draw_noise(s.latent.shape, gen, device) for s in scene.shots]  # one per shot, in order
     S, patch = len(scene.shots), model.cfg.patch
     free = [i for i in range(S) if i not in given]
-    batches = branches(model, scene, config)
+    batches = branches(model, scene, config, negative)
     for i, x0 in given.items():                                  # re-noise once, then fixed
         fixed = (1 - config.t_c) * x0.to(device) + config.t_c * noise[i]
         for batch in batches:
@@ -183,6 +211,7 @@ def sample_shots(
     given: dict[int, Tensor] | None = None,
     use_cache: bool = True,
     on_step: OnStep | None = None,
+    negative: Tensor | None = None,
 ) -> ShotsResult:
     """Generate the shots of `scene` one by one; shot k sees the shots select(k), re-noised to t_c.
 
@@ -208,6 +237,7 @@ def sample_shots(
 
     scene: global prompt + any number of shots (prompts and latent shapes; latent values ignored).
     given: shot index -> clean latent used as that shot instead of generating it.
+    negative: (T, Dt) prompt features of every group of the unconditional branch; None = the null prompt.
     """
     device = next(model.parameters()).device
     cached = use_cache and model.cfg.attention == "context_causal"
@@ -230,7 +260,7 @@ def sample_shots(
             # 1. A small scene [global, history at t_c, shot k]: history latents go in as Shots.
             shots = [Shot(scene.shots[j].text, noisy[j], scene.shots[j].text_mask) for j in hist]
             prefix = Scene(scene.global_text, shots + [scene.shots[k]], scene.global_mask)
-            batches = branches(model, prefix, config)
+            batches = branches(model, prefix, config, negative)
             h = len(hist)                                        # shot k is shot h of `prefix`
             t_vec = torch.full((1, h + 1), config.t_c, device=device)
 

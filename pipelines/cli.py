@@ -387,6 +387,11 @@ def generate(
     steps: Optional[int] = typer.Option(None, "--steps", help="Euler steps (overrides the scene file)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed (overrides the scene file); same seed, same latents."),
     cfg: Optional[float] = typer.Option(None, "--cfg", help="Classifier-free guidance scale (overrides the scene file; 1 = off)."),
+    negative_prompt: Optional[str] = typer.Option(
+        None, "--negative-prompt",
+        help="Prompt of guidance's unconditional branch, for every shot and the global prompt (overrides the scene "
+             "file's `negative`; default: the null prompt, or \"\" for a Wan checkpoint as diffusers does).",
+    ),
     no_cache: bool = typer.Option(
         False, "--no-cache", help="autoregressive / extend: recompute the history at every step instead of a KV-cache."
     ),
@@ -400,7 +405,7 @@ def generate(
         raise typer.Exit(2)
     bundle = _load_bundle(checkpoint, device)
     try:
-        plan = plan_scene(load_scene(scene), bundle, mode, steps=steps, seed=seed, cfg=cfg)
+        plan = plan_scene(load_scene(scene), bundle, mode, steps=steps, seed=seed, cfg=cfg, negative=negative_prompt)
     except SceneError as e:
         console.print(f"[red]invalid scene[/red] {scene}: {e}")
         raise typer.Exit(2)

@@ -44,3 +44,13 @@ def curated(tmp_path_factory) -> Path:
     summary = curate([str(films)], out, cfg)
     assert summary.counts.get("ok") == 4, summary
     return out
+
+
+@pytest.fixture(scope="session")
+def wan_dir(tmp_path_factory) -> Path:
+    """A tiny random Wan 2.1 T2V folder in the diffusers layout (examples/make_tiny_wan.py, seed 0):
+    transformer/, vae/, umT5 text_encoder/ + tokenizer/, scheduler/. Shared by the Wan training and
+    generation tests (tests/model/test_wan.py perturbs its own copy)."""
+    from examples.make_tiny_wan import make_tiny_wan
+
+    return make_tiny_wan(tmp_path_factory.mktemp("tiny-wan") / "wan", seed=0)

@@ -18,7 +18,11 @@ Scene file (YAML; unknown keys are errors):
     seed: 0
     steps: 30
     cfg: 3.0          # classifier-free guidance scale (1 = off, one forward per step); default:
-                      # DEFAULT_CFG when the checkpoint was trained with prompt dropout, else 1
+                      # WAN_CFG (5, diffusers' WanPipeline) for a Wan checkpoint on its own umT5,
+                      # else DEFAULT_CFG when the checkpoint was trained with prompt dropout, else 1
+    negative: "blurry, static"   # the unconditional branch's prompt, for every group (global and
+                      # shots, as written); default: the null prompt for lct's MMDiT, "" for Wan
+                      # (model/sampling.py: what training's prompt dropout used)
     shift: 1.0        # SD3 timestep shift of the Euler grid
     t_c: 0.3          # autoregressive / extend: history shots are re-noised to this t
 
@@ -65,7 +69,7 @@ from torch import Tensor
 from dataprep.media import ClipError, cover_crop, decode_clip, encode_mp4, frames_sheet
 from model import SamplerConfig, Scene, Shot, encode_prompts, encode_scene, sample, shot_prompt
 from model.export import InferenceBundle
-from model.sampling import sample_shots
+from model.sampling import default_negative, negative_features, sample_shots
 from dataprep.configfile import key_hints, read_yaml
 from training.history import prompt_features, relevant_history
 
@@ -119,6 +123,9 @@ class SceneSpec(_Strict):
     cfg: float | None = Field(
         None, ge=0.0, description="Classifier-free guidance scale; 1 = off; default: DEFAULT_CFG if the "
         "checkpoint was trained with prompt dropout, else 1.")
+    negative: str | None = Field(
+        None, description="Negative prompt: the unconditional branch of guidance conditions every group (global "
+        "and shots) on it, as written; default: the null prompt (lct-mmdit), the empty string (Wan, as diffusers).")
     shift: float | None = Field(None, gt=0.0, description="Timestep shift of the sampling schedule (1 = none); "
                                 "default: the base model's flow_shift (Wan: its scheduler's), else 1.")
     t_c: float = Field(0.3, ge=0.0, lt=1.0, description="Timestep of history shots (autoregressive, extend).")
@@ -165,10 +172,16 @@ def load_scene(path: str | Path) -> SceneSpec:
 
 
 DEFAULT_CFG = 3.0     # guidance scale when the checkpoint was trained with prompt dropout
+WAN_CFG = 5.0         # diffusers' WanPipeline guidance_scale: a Wan base learnt "" in its pre-training
 
 
 def default_cfg(bundle: InferenceBundle) -> float:
-    """DEFAULT_CFG if the checkpoint learnt the null prompt (recipe.text_dropout > 0), else 1 (off)."""
+    """WAN_CFG for a Wan checkpoint reading its base's own text features (umT5, no trained projection):
+    the base was pre-trained with the empty prompt as its unconditional branch. Otherwise DEFAULT_CFG if
+    the checkpoint learnt its unconditional branch (recipe.text_dropout > 0), else 1 (off)."""
+    cfg = bundle.model.cfg
+    if default_negative(cfg) is not None and getattr(cfg, "text_features", None) is None:
+        return WAN_CFG
     return DEFAULT_CFG if float(bundle.info.get("text_dropout") or 0.0) > 0 else 1.0
 
 
@@ -228,13 +241,14 @@ def default_mode(spec: SceneSpec) -> str:
 
 def plan_scene(
     spec: SceneSpec, bundle: InferenceBundle, mode: str | None = None,
-    steps: int | None = None, seed: int | None = None, cfg: float | None = None,
+    steps: int | None = None, seed: int | None = None, cfg: float | None = None, negative: str | None = None,
 ) -> Plan:
-    """Check the scene against the checkpoint (shots, frames, conditions); SceneError says what to change."""
+    """Check the scene against the checkpoint (shots, frames, conditions); SceneError says what to change.
+    steps, seed, cfg, negative: command-line values that override the scene file's."""
     mode = mode or default_mode(spec)
     if mode not in MODES:
         raise SceneError(f"mode must be one of {MODES}, got {mode!r}")
-    overrides = {k: v for k, v in dict(steps=steps, seed=seed, cfg=cfg).items() if v is not None}
+    overrides = {k: v for k, v in dict(steps=steps, seed=seed, cfg=cfg, negative=negative).items() if v is not None}
     try:
         spec = SceneSpec.model_validate(spec.model_dump(by_alias=True) | overrides)
     except ValidationError as e:
@@ -350,10 +364,11 @@ def generate(bundle: InferenceBundle, plan: Plan, on_step: OnStep | None = None,
     model, config, S = bundle.model, plan.sampler, len(plan.shapes)
     device = next(model.parameters()).device
     scene, prompts = _scene(bundle, plan)
+    negative = negative_features(model.cfg, bundle.text, plan.spec.negative) if config.cfg_scale != 1.0 else None
     given = {i: z.to(device) for i, z in plan.given.items()}
     start = time.perf_counter()
     if plan.mode in ("joint", "conditioned"):
-        latents = _sample_with_progress(model, scene, config, plan.mode, given, on_step)
+        latents = _sample_with_progress(model, scene, config, plan.mode, given, on_step, negative)
         total = time.perf_counter() - start
         causal = model.cfg.attention == "context_causal"                 # shot i sees shots < i, else all
         history = [list(range(i)) if causal else [j for j in range(S) if j != i] for i in range(S)]
@@ -373,7 +388,7 @@ def generate(bundle: InferenceBundle, plan: Plan, on_step: OnStep | None = None,
         else:
             select = lambda k: [k - 1] if k else []                      # noqa: E731
         step = None if on_step is None else (lambda k, done, n: on_step(f"shot {k + 1}/{S}", done, n))
-        out = sample_shots(model, scene, config, select, given, use_cache=use_cache, on_step=step)
+        out = sample_shots(model, scene, config, select, given, use_cache=use_cache, on_step=step, negative=negative)
         latents, history, seconds, cache = out.latents, out.history, out.seconds, out.cache
         total = time.perf_counter() - start
     latents = [z.detach().float().cpu() for z in latents]
@@ -382,7 +397,7 @@ def generate(bundle: InferenceBundle, plan: Plan, on_step: OnStep | None = None,
     return Generation(latents, units, prompts, record)
 
 
-def _sample_with_progress(model, scene, config, mode, given, on_step) -> list[Tensor]:
+def _sample_with_progress(model, scene, config, mode, given, on_step, negative) -> list[Tensor]:
     """model.sampling.sample, with on_step fed by a forward hook (one step = one forward per branch)."""
     branches = 1 if config.cfg_scale == 1.0 else 2
     calls = [0]
@@ -394,7 +409,7 @@ def _sample_with_progress(model, scene, config, mode, given, on_step) -> list[Te
 
     handle = model.register_forward_hook(hook)
     try:
-        return sample(model, scene, config, mode=mode, given=given or None)
+        return sample(model, scene, config, mode=mode, given=given or None, negative=negative)
     finally:
         handle.remove()
 
@@ -411,6 +426,8 @@ def _record(bundle, plan, prompts, history, seconds, cache, total, device) -> di
     return {
         "mode": plan.mode, "global": spec.global_, "seed": spec.seed, "steps": spec.steps, "cfg": plan.sampler.cfg_scale,
         "references": plan.references,
+        # the unconditional branch's prompt (null = the null prompt); unused when cfg is 1
+        "negative": spec.negative if spec.negative is not None else default_negative(bundle.model.cfg),
         "shift": plan.sampler.shift, "t_c": plan.sampler.t_c,
         "checkpoint": {"path": str(bundle.path), "step": bundle.info.get("step"), "run": bundle.info.get("run", "")},
         "model": {"attention": bundle.model.cfg.attention, "context_shots": bundle.model.cfg.context_shots},

@@ -8,7 +8,9 @@
 Prompt dropout (classifier-free guidance): `drop_prompts(seed, step, micro, p)` decides for a
 whole micro-batch, the same on every rank (ZeRO-3 needs every rank to run the same modules:
 a rank with zero-length text would skip the text stream's backward hooks), and the dropped
-scenes get model.sampling.null_scene, the very null prompt the sampler uses for guidance.
+scenes get model.sampling.null_scene with `negative_features(cfg, text)`: the very unconditional
+branch the sampler uses for guidance by default (the null prompt for lct's MMDiT, the empty
+string's features for Wan, as diffusers' WanPipeline).
 
 The loss is computed per shot (mean over its elements) and averaged over the real, unpadded
 shots of the batch, so a long shot and an image shot weigh the same. `token_flow_loss` is that

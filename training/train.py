@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from model import Scene, Shot, TextEncoder, build_codec, collate
 from model.lct import unpack
-from model.sampling import null_scene
+from model.sampling import negative_features, null_scene
 
 from .cache import EncodingCache
 from .config import TrainConfig
@@ -167,6 +167,7 @@ def train_worker(args: dict) -> None:
     codec = build_codec(data.codec_config())
     stream = SceneStream(data.dataset, sp.dp_rank, sp.dp_world, sched.seed, data.shuffle_buffer, data.holdout)
     loader = SceneLoader(stream, data, cfg.recipe, cfg.window_shots, sched.seed, text, codec, **position, cache=cache)
+    negative = negative_features(lct_cfg, text)           # prompt dropout's text = generate's default uncond
     val_scene = validation_scene(data.dataset, data, cfg.window_shots, data.holdout)
     writer = MetricsWriter(run_dir) if rank == 0 else None
     peak = matmul_peak(device.type) if rank == 0 else None
@@ -183,7 +184,7 @@ def train_worker(args: dict) -> None:
         for micro in range(cfg.optim.grad_accum):
             scenes = [loader.next().scene for _ in range(cfg.optim.micro_batch)]
             if drop_prompts(sched.seed, step, micro, cfg.recipe.text_dropout):
-                scenes = [null_scene(s) for s in scenes]                        # CFG's null prompt
+                scenes = [null_scene(s, negative) for s in scenes]              # CFG's unconditional branch
             gen = step_generator(sched.seed, step, sp.dp_rank, micro)            # the same in an SP group
             shot_mask = torch.zeros(len(scenes), max(len(s.shots) for s in scenes), dtype=torch.bool)
             for b, s in enumerate(scenes):

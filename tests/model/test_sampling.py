@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from model import LCT, SamplerConfig, Scene, Shot, collate, sample, timesteps
-from model.sampling import null_scene
+from model.sampling import default_negative, negative_features, null_scene
 from tests.model.test_lct import CFG, SHAPES, make_model, make_scene, run
 
 FAST = SamplerConfig(steps=4, shift=3.0, cfg_scale=1.0, t_c=0.3, seed=7)
@@ -150,6 +150,47 @@ def test_guidance_uses_a_null_text():
     plain = sample(model, scene, FAST)
     guided = sample(model, scene, SamplerConfig(steps=4, shift=3.0, cfg_scale=3.0, seed=7))
     assert not torch.allclose(plain[0], guided[0], atol=1e-4)
+
+
+def same_text_scene(grids, seed=0, length=5) -> tuple[Scene, torch.Tensor]:
+    """A scene whose global prompt and shot prompts are one text (T, Dt), and that text."""
+    g = torch.Generator().manual_seed(seed)
+    text = torch.randn(length, CFG.text_dim, generator=g)
+    shots = [Shot(text=text, latent=torch.randn(CFG.latent_channels, *grid, generator=g)) for grid in grids]
+    return Scene(global_text=text, shots=shots), text
+
+
+@pytest.mark.parametrize("mode, attention", [("joint", "bidirectional"), ("autoregressive", "context_causal")])
+def test_the_unconditional_branch_sees_the_negative_prompt(mode, attention):
+    """negative == every prompt of the scene: the two branches agree, so any cfg gives cfg 1's output
+    (with the null prompt instead, cfg changes it); another negative changes the output at cfg > 1 only."""
+    model = make_model(attention)
+    scene, text = same_text_scene(SHAPES[:2])
+    other = torch.randn(3, CFG.text_dim, generator=torch.Generator().manual_seed(9))
+    off, on = SamplerConfig(steps=2, cfg_scale=1.0, seed=3), SamplerConfig(steps=2, cfg_scale=4.0, seed=3)
+    plain = sample(model, scene, off, mode)
+    for a, b in zip(sample(model, scene, on, mode, negative=text), plain):
+        assert torch.equal(a, b)
+    assert not torch.allclose(sample(model, scene, on, mode)[1], plain[1], atol=1e-4)          # null prompt
+    assert not torch.allclose(sample(model, scene, on, mode, negative=other)[1], plain[1], atol=1e-4)
+    for a, b in zip(sample(model, scene, off, mode, negative=other), plain):                  # cfg 1: unused
+        assert torch.equal(a, b)
+
+
+def test_null_scene_with_a_negative_and_the_native_default():
+    """(Wan's default, the empty string's features: tests/training/test_generate.py on a tiny Wan.)"""
+    from model import TextEncoder
+
+    scene = make_scene(SHAPES[:2])
+    negative = torch.randn(2, CFG.text_dim)
+    uncond = null_scene(scene, negative)
+    assert torch.equal(uncond.global_text, negative) and all(torch.equal(s.text, negative) for s in uncond.shots)
+    assert all(u.latent is s.latent for u, s in zip(uncond.shots, scene.shots))
+    assert default_negative(CFG) is None
+    text = TextEncoder()
+    assert negative_features(CFG, text) is None                                        # the null prompt
+    given = text(["blurry"])
+    torch.testing.assert_close(negative_features(CFG, text, "blurry"), given.tokens[0][given.mask[0]])
 
 
 def test_sampler_teaching_errors():

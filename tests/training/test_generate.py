@@ -17,7 +17,7 @@ from model import LCT, PRESETS, LatentCodecConfig, SamplerConfig, Scene, Shot, T
 from model.export import load_bundle, write_export
 from model.sampling import sample_shots
 from pipelines.cli import app
-from training.generate import DEFAULT_CFG, SceneError, generate, load_scene, plan_scene, write_outputs
+from training.generate import DEFAULT_CFG, WAN_CFG, SceneError, generate, load_scene, plan_scene, write_outputs
 from training.history import prompt_features, recent_history, relevant_history
 
 SIZE, FRAMES = (16, 16), 4
@@ -225,6 +225,82 @@ def test_scene_errors_teach(bundle, tmp_path):
     fake = SimpleNamespace(model=model, codec=build_codec(LatentCodecConfig(size=SIZE)), size=SIZE, frames=4, fps=8.0)
     with pytest.raises(SceneError, match=r"shot 0: frames=5 .* not a multiple of the model's patch \(2, 2, 2\)"):
         plan_scene(load_scene(write_scene(tmp_path / "g", [{"prompt": "x", "frames": 5}])), fake, "joint")
+
+
+# -- guidance's negative prompt, on a tiny Wan from disk ---------------------------------------------------
+@pytest.fixture(scope="module")
+def wan_run(wan_dir, tmp_path_factory) -> Path:
+    """A context-causal tiny Wan export as `lct train --pretrained` writes one: its umT5 and VAE, Wan's shift."""
+    from model.wan import load_wan_transformer
+
+    run = tmp_path_factory.mktemp("wan-run")
+    write_export(load_wan_transformer(wan_dir, attention="context_causal"), run / "export",
+                 text=TextEncoderConfig(kind="t5", path=str(wan_dir / "text_encoder"), max_tokens=512),
+                 codec=LatentCodecConfig(kind="vae", path=str(wan_dir / "vae"), size=SIZE),
+                 frames=5, fps=8.0, step=1, text_dropout=0.1, flow_shift=3.0)
+    return run
+
+
+@pytest.fixture(scope="module")
+def wan_bundle(wan_run):
+    return load_bundle(wan_run)
+
+
+SAME = [{"prompt": "a red disc", "frames": 5}, {"prompt": "[SHOT CUT] a red disc", "frames": 5}]
+
+
+@pytest.mark.parametrize("mode", ["joint", "autoregressive"])
+def test_wan_negative_prompt_equal_to_every_prompt_is_no_guidance(wan_bundle, tmp_path, mode):
+    """global and shot prompts all "[SHOT CUT] a red disc": with that negative the unconditional branch is
+    the conditional one, so cfg 4 gives cfg 1's latents; Wan's default ("") or another negative does not,
+    and at cfg 1 the negative is unused. (Fails if the negative prompt is ignored.)"""
+    def run(name, **extra):
+        scene = write_scene(tmp_path / name, SAME, **({"global": "[SHOT CUT] a red disc"} | extra))
+        return generate(wan_bundle, plan_scene(load_scene(scene), wan_bundle, mode)).latents
+
+    plain = run("off", cfg=1.0)
+    assert all(torch.equal(a, b) for a, b in zip(run("same", cfg=4.0, negative="[SHOT CUT] a red disc"), plain))
+    assert not torch.allclose(run("default", cfg=4.0)[1], plain[1], atol=1e-5)
+    assert not torch.allclose(run("other", cfg=4.0, negative="blurry")[1], plain[1], atol=1e-5)
+    assert all(torch.equal(a, b) for a, b in zip(run("unused", cfg=1.0, negative="blurry"), plain))
+
+
+def test_wan_guidance_defaults_to_the_empty_prompt_at_scale_5(wan_bundle, bundle, tmp_path):
+    """Wan: cfg 5 and the empty string's umT5 features (diffusers' WanPipeline; what training's prompt
+    dropout feeds a Wan, model.sampling.negative_features); lct's MMDiT keeps its null prompt."""
+    from model.sampling import negative_features
+
+    shots = [{"prompt": "Character 1 slides left", "frames": 5}]
+    spec = load_scene(write_scene(tmp_path, shots))
+    assert plan_scene(spec, wan_bundle, "joint").sampler.cfg_scale == WAN_CFG == 5.0
+    empty = wan_bundle.text([""])
+    features = negative_features(wan_bundle.model.cfg, wan_bundle.text)
+    assert features.shape[0] >= 1 and torch.equal(features, empty.tokens[0][empty.mask[0]])   # not the null prompt
+    default = generate(wan_bundle, plan_scene(spec, wan_bundle, "joint"))
+    explicit = generate(wan_bundle, plan_scene(spec, wan_bundle, "joint", negative=""))
+    assert all(torch.equal(a, b) for a, b in zip(default.latents, explicit.latents))
+    assert default.record["negative"] == "" and default.record["cfg"] == 5.0
+    native = generate(bundle, plan_scene(load_scene(write_scene(tmp_path / "n", SHOTS[:1])), bundle, "joint", cfg=3.0))
+    assert native.record["negative"] is None                                      # the null prompt
+    assert negative_features(bundle.model.cfg, bundle.text) is None
+
+
+def test_cli_negative_prompt_overrides_the_scene_file_and_is_recorded(wan_run, tmp_path):
+    runner = CliRunner()
+    shots = [{"prompt": "Character 1 slides left", "frames": 5}]
+
+    def run(name, *flags, **extra):
+        scene = write_scene(tmp_path / name, shots, steps=1, **extra)
+        result = runner.invoke(app, ["generate", "--checkpoint", str(wan_run), "--scene", str(scene),
+                                     "--out", str(tmp_path / name / "out"), *flags])
+        assert result.exit_code == 0, result.output
+        return json.loads((tmp_path / name / "out" / "generation.json").read_text())
+
+    in_file = run("file", negative="blurry, static")
+    flag = run("flag", "--negative-prompt", "blurry, static", negative="sharp")
+    default = run("default")
+    assert in_file["negative"] == flag["negative"] == "blurry, static" and default["negative"] == ""
+    assert in_file["latents_sha256"] == flag["latents_sha256"] != default["latents_sha256"]
 
 
 # -- the CLI ---------------------------------------------------------------------------------------------

@@ -9,14 +9,8 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from examples.make_tiny_wan import make_tiny_wan
 from pipelines.cli import app
 from training.config import TrainConfig
-
-
-@pytest.fixture(scope="module")
-def wan_dir(tmp_path_factory):
-    return make_tiny_wan(tmp_path_factory.mktemp("tiny-wan") / "wan", seed=0)
 
 
 def test_pretrained_alone_selects_wan_and_the_folder_parts(wan_dir):
