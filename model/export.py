@@ -53,6 +53,14 @@ def config_to_dict(cfg) -> dict:
     return data if isinstance(cfg, LCTConfig) else {"backbone": "wan", **data}
 
 
+def architecture_diff(ours, theirs) -> dict:
+    """{field: (theirs, ours)} of two model configs (LCTConfig / WanConfig), ignoring what a fine-tune from
+    another run may change (attention, grad_checkpointing); {} = the weights of one fit the other."""
+    free = {"attention": None, "grad_checkpointing": None}
+    a, b = config_to_dict(ours) | free, config_to_dict(theirs) | free
+    return {k: (b.get(k), a.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
 RENAMED = {"max_shots": "context_shots"}   # config.json keys of earlier exports -> their names now
 
 

@@ -220,10 +220,16 @@ class TrainConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _wan_folder_parts(cls, data):
-        """With a Wan folder, the latents come from its vae/ and the text from its text_encoder/ (umT5)."""
+        """With a Wan folder, the latents come from its vae/ and the text from its text_encoder/ (umT5).
+        `init_from` a Wan run without `pretrained`: the run's own base folder (init_from_base)."""
         if not isinstance(data, dict):
             return data
         model = dict(data.get("model") or {})
+        if model.get("init_from") and not model.get("pretrained"):
+            base = init_from_base(model["init_from"])
+            if base:
+                model["pretrained"] = base
+                data = {**data, "model": model}
         if not model.get("pretrained"):
             return data
         folder, section = Path(model["pretrained"]), dict(data.get("data") or {})
@@ -310,6 +316,28 @@ class TrainConfig(_Strict):
         """A `--config` file or a run's config.yaml. A YAML syntax error names file:line:column; a
         bad value raises pydantic's ValidationError (`key_hints` turns unknown keys into did-you-means)."""
         return load_yaml(cls, path)
+
+
+def init_from_base(init_from: str | Path) -> str | None:
+    """The base Wan folder of a Wan run given as `model.init_from` (its RUN/config.yaml's model.pretrained),
+    so `--init-from WAN_RUN` alone tunes the same base; None when it is not a Wan run (or not an export:
+    launch.check says so). A Wan export without its run's config.yaml cannot say: ValueError."""
+    from model.export import CONFIG, export_dir
+
+    try:
+        directory = export_dir(init_from)
+        backbone = json.loads((directory / CONFIG).read_text()).get("backbone")
+    except (OSError, ValueError):
+        return None
+    if backbone != "wan":
+        return None
+    for run_config in (directory / "config.yaml", directory.parent / "config.yaml"):
+        if run_config.is_file():
+            base = ((yaml.safe_load(run_config.read_text()) or {}).get("model") or {}).get("pretrained")
+            if base:
+                return str(base)
+    raise ValueError(f"model.init_from={init_from} is a Wan export whose base folder is unknown (no run "
+                     "config.yaml beside it): pass --pretrained DIR, the Wan folder it was tuned from")
 
 
 def dump_yaml(cfg: TrainConfig) -> str:

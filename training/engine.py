@@ -38,7 +38,7 @@ from deepspeed.utils.tensor_fragment import fragment_address
 from safetensors.torch import load_file, save_file
 
 from model import LCT
-from model.export import config_to_dict, export_dir, write_export
+from model.export import architecture_diff, export_dir, write_export
 
 from .config import TrainConfig, deepspeed_config
 from .resume import STATE, TAG, UNIVERSAL_TAG   # the layout; training/resume.py checks a checkpoint before a resume
@@ -76,10 +76,8 @@ def build_model(cfg: TrainConfig) -> LCT:
         from model import load_export
 
         source = load_export(export_dir(cfg.model.init_from))
-        ours = config_to_dict(lct_cfg) | {"attention": None, "grad_checkpointing": None}
-        theirs = config_to_dict(source.cfg) | {"attention": None, "grad_checkpointing": None}
-        if ours != theirs:
-            diff = {k: (theirs[k], ours[k]) for k in ours if ours[k] != theirs[k]}
+        diff = architecture_diff(lct_cfg, source.cfg)
+        if diff:
             raise ValueError(
                 f"model.init_from={cfg.model.init_from} has a different architecture (field: (init_from, "
                 f"this run)): {diff}; only attention and grad_checkpointing may change"

@@ -67,12 +67,20 @@ def check(cfg: TrainConfig, run_dir: Path) -> None:
     if scenes is not None and cfg.data.holdout >= scenes:
         raise TrainUsageError(f"data.holdout={cfg.data.holdout} holds out every one of the {scenes} scenes")
     if cfg.model.init_from:
-        from model.export import export_dir
+        from model.export import CONFIG, architecture_diff, config_from_dict, export_dir
 
         try:
-            export_dir(cfg.model.init_from)
+            source = config_from_dict(json.loads((export_dir(cfg.model.init_from) / CONFIG).read_text()))
         except FileNotFoundError as err:
             raise TrainUsageError(f"model.init_from: {err}") from err
+        except (TypeError, ValueError) as err:
+            raise TrainUsageError(f"model.init_from: {export_dir(cfg.model.init_from) / CONFIG}: {err}") from err
+        diff = architecture_diff(cfg.arch(), source)
+        if diff:
+            raise TrainUsageError(
+                f"model.init_from={cfg.model.init_from} has another architecture than this run (field: (init_from, "
+                f"this run)): {diff}; only attention and grad_checkpointing may change (a Wan run: give the same "
+                "--pretrained folder, or none: the run's own)")
     saved = run_dir / "config.yaml"
     if saved.is_file():
         before = yaml.safe_load(saved.read_text()) or {}

@@ -129,3 +129,101 @@ def test_tiny_wan_lora_trains_adapters_and_exports_merged_weights(curated, wan_d
     changed = {n for n, p in plain.named_parameters() if not torch.equal(p, start[n])}
     assert changed and all(n.endswith(("attn1.to_q.weight", "attn1.to_v.weight", "attn2.to_q.weight",
                                        "attn2.to_v.weight")) for n in changed), sorted(changed)
+
+
+# -- resume, universal resume and the context-causal fine-tune of a Wan run ----------------------------
+def wan_config(curated, wan_dir, **sections) -> TrainConfig:
+    base = {
+        "data": {"dataset": str(curated), "frames": 5, "size": [16, 16], "holdout": 1},
+        "model": {"pretrained": str(wan_dir)},
+        "optim": {"lr": 1e-3, "warmup_steps": 0},
+        "engine": {"workers": 2, "zero_stage": 2},
+        "schedule": {"steps": 6, "checkpoint_every": 3, "sample_steps": 1, "keep_checkpoints": 2},
+    }
+    for key, value in sections.items():
+        base[key] = {**base.get(key, {}), **value}
+    return TrainConfig.model_validate(base)
+
+
+def exported(run) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(run / "export" / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def wan_straight(curated, wan_dir, tmp_path_factory):
+    """6 uninterrupted full fine-tune steps of the tiny Wan, ZeRO-2 on 2 workers."""
+    from training.launch import launch
+
+    run = tmp_path_factory.mktemp("wan-straight") / "run"
+    assert launch(wan_config(curated, wan_dir), run).step == 6
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_wan_resume_equals_uninterrupted_and_continues_on_another_world_size(curated, wan_dir, wan_straight, tmp_path):
+    from diffusers import WanTransformer3DModel
+
+    from training.launch import launch
+
+    run = tmp_path / "run"
+    cfg = wan_config(curated, wan_dir)
+    assert launch(cfg, run, until=3).step == 3 and not (run / "checkpoints" / "step-000006").exists()
+    assert launch(cfg, run).step == 6
+    straight, resumed = exported(wan_straight), exported(run)
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], atol=1e-6, rtol=0, msg=key)
+    base = dict(WanTransformer3DModel.from_pretrained(wan_dir, subfolder="transformer").named_parameters())
+    assert any(not torch.allclose(straight[k], p, atol=1e-6) for k, p in base.items())    # steps 4-6 moved weights
+    # universal checkpoint: the same run goes on with 1 worker
+    third = launch(wan_config(curated, wan_dir, engine={"workers": 1}, schedule={"steps": 7}), run)
+    assert third.step == 7 and math.isfinite(third.loss)
+    assert (run / "checkpoints" / "step-000006" / "ds_universal").is_dir()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_wan_context_causal_fine_tune_starts_from_the_run(curated, wan_dir, wan_straight, tmp_path):
+    """`lct train --init-from WAN_RUN --attention context_causal` (the base folder comes from the run): the
+    model starts at the run's weights, trains, exports context_causal, and generates with the KV-cache."""
+    from model.export import load_bundle
+    from training.engine import build_model
+    from training.generate import generate, load_scene, plan_scene
+
+    run = tmp_path / "causal"
+    config = tmp_path / "train.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": {"frames": 5, "size": [16, 16], "holdout": 1},
+        "optim": {"lr": 1e-3, "warmup_steps": 0},
+        "schedule": {"steps": 3, "checkpoint_every": 3, "sample_steps": 1},     # steps 1-2 run at warm-up lr 0
+    }))
+    result = CliRunner().invoke(app, ["train", "--data", str(curated), "--out", str(run), "--init-from", str(wan_straight),
+                                      "--attention", "context_causal", "--config", str(config), "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    cfg = TrainConfig.from_yaml(run / "config.yaml")
+    assert (cfg.model.backbone, cfg.model.pretrained, cfg.model.attention) == ("wan", str(wan_dir), "context_causal")
+    start, source = build_model(cfg).state_dict(), exported(wan_straight)      # what the workers start from
+    assert start.keys() == source.keys() and all(torch.equal(start[k], v) for k, v in source.items())
+    tuned = exported(run)
+    assert any(not torch.equal(tuned[k], v) for k, v in source.items())          # and it trained
+    assert json.loads((run / "export" / "config.json").read_text())["attention"] == "context_causal"
+
+    bundle = load_bundle(run)
+    scene = tmp_path / "scene.yaml"
+    scene.write_text(yaml.safe_dump({"global": "Character 1: a red disc.", "steps": 1, "shots": [
+        {"prompt": "Character 1 slides left", "frames": 5}, {"prompt": "wide shot", "frames": 5},
+        {"prompt": "close-up", "frames": 5}]}))
+    record = generate(bundle, plan_scene(load_scene(scene), bundle, "autoregressive")).record
+    assert [s["kv_cache"] for s in record["shots"]] == ["rebuilt", "reused", "reused"]
+    assert record["model"]["attention"] == "context_causal"
+
+    # another base (here: no umT5, so a MiniLM projection) does not fit the run's weights: exit 2, no worker
+    bare = tmp_path / "bare"
+    shutil.copytree(wan_dir, bare, ignore=shutil.ignore_patterns("text_encoder", "tokenizer"))
+    other = CliRunner().invoke(app, ["train", "--data", str(curated), "--out", str(tmp_path / "other"), "--init-from",
+                                     str(wan_straight), "--pretrained", str(bare), "--config", str(config), "--dry-run"])
+    said = " ".join(other.output.split())                                     # rich wraps long lines
+    assert other.exit_code == 2 and "'text_features': (None, 384)" in said and "another architecture" in said, said
