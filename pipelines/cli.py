@@ -61,11 +61,23 @@ def _progress() -> Progress:
 
 
 def _load_config(cls: type[BaseModel], path: Optional[Path], overrides: dict) -> BaseModel:
-    """YAML file (optional) + CLI overrides (dotted keys), validated; exits 2 with the errors."""
-    from dataprep.config import explain, load_yaml, set_dotted
+    """YAML file (optional) + CLI overrides (dotted keys), validated together (a file may rely on a flag:
+    `model.lora_rank` in the file with `--pretrained DIR`); exits 2 with the errors."""
+    from dataprep.config import explain, read_yaml, set_dotted
 
     try:
-        data = load_yaml(cls, path).model_dump() if path else {}
+        data = {}
+        if path:
+            if not path.is_file():
+                raise FileNotFoundError(f"config file not found: {path}")
+            data = read_yaml(path) or {}
+            if not isinstance(data, dict):
+                raise ValueError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+        for dotted, value in overrides.items():            # a flag's section must be a mapping in the file
+            section = dotted.split(".")[0]
+            if value is not None and "." in dotted and not isinstance(data.get(section, {}), dict):
+                raise ValueError(f"{path}: key {section} must be a mapping (of {cls.__name__} fields), "
+                                 f"got {data[section]!r}")
         return cls.model_validate(set_dotted(data, overrides))
     except ValidationError as e:
         console.print(f"[red]invalid configuration[/red] ({path or 'defaults + flags'}):\n{explain(e, cls)}", markup=False)
