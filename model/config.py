@@ -1,6 +1,6 @@
 """Typed configuration of the LCT model and its named presets.
 
-One frozen dataclass holds every architectural choice; `PRESETS` names the three sizes the
+One frozen dataclass holds every architectural choice; `PRESETS` names the sizes the
 project uses (tiny for tests, small for the CPU demo, paper scale for real training).
 """
 
@@ -87,6 +87,9 @@ PRESETS: dict[str, LCTConfig] = {
     # CPU demo: a few hundred steps in minutes on 2 cores at 8 frames x 32x32 pixel latents
     # (patch 1x4x4 -> 8*8*8 = 512 video tokens per shot).
     "lct-small": LCTConfig(width=256, depth=4, heads=4, patch=(1, 4, 4), latent_channels=3),
+    # The demo's consistency experiment (`lct demo`): 16x16 pixel shots at patch 2 (64 tokens a
+    # frame), narrow enough that two models train in minutes on 2 cores.
+    "lct-demo": LCTConfig(width=128, depth=4, heads=4, patch=(1, 2, 2), latent_channels=3),
     # Paper scale (~3B MMDiT): a 16-channel video VAE latent, T5-XXL text features (4096).
     "lct-3b": LCTConfig(
         width=1536, depth=36, heads=12, patch=(1, 2, 2), latent_channels=16, text_dim=4096

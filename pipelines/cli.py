@@ -255,15 +255,17 @@ def inspect(
 @logged("demo")
 def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Output directory (re-running resumes finished stages)."),
-    films: int = typer.Option(6, "--films", help="Synthetic films to make."),
-    preset: str = typer.Option("lct-small", "--preset", help="Model preset (lct-debug = a quick check)."),
-    steps: int = typer.Option(300, "--steps", help="Training steps of the bidirectional model."),
+    films: int = typer.Option(10, "--films", help="Synthetic films to make (hidden appearance: never in a caption)."),
+    preset: str = typer.Option("lct-demo", "--preset", help="Model preset (lct-debug = a quick check)."),
+    steps: int = typer.Option(400, "--steps", help="Training steps of the bidirectional model (and of the ablation)."),
     causal_steps: int = typer.Option(60, "--causal-steps", help="Context-causal fine-tune steps (0 = skip)."),
-    workers: int = typer.Option(2, "--workers", help="Ray Train workers."),
-    eval_scenes: int = typer.Option(2, "--eval-scenes", help="Held-out scenes to generate and score."),
+    ablation: bool = typer.Option(True, "--ablation/--no-ablation", help="Also train and evaluate the synchronous-timestep ablation."),
+    workers: int = typer.Option(1, "--workers", help="Ray Train workers (the 2 cores go to their threads)."),
+    eval_scenes: int = typer.Option(6, "--eval-scenes", help="Held-out scenes to generate and score."),
+    eval_seeds: int = typer.Option(2, "--eval-seeds", min=1, help="Seeds per generated row of the evaluation."),
     sample_steps: int = typer.Option(16, "--sample-steps", help="Euler steps when generating."),
-    frames: int = typer.Option(8, "--frames", help="Video frames per training shot."),
-    size: int = typer.Option(32, "--size", help="Training frame size (pixels, square)."),
+    frames: int = typer.Option(1, "--frames", help="Video frames per training shot."),
+    size: int = typer.Option(16, "--size", help="Training frame size (pixels, square)."),
 ):
     """The main job, end to end as the Prefect flow `end_to_end`: synthesize films, curate them on
     local Ray, train LCT with DeepSpeed on Ray Train, generate in each mode, evaluate, and write
@@ -271,8 +273,9 @@ def demo(
     from pipelines.flows.end_to_end import end_to_end
 
     state = end_to_end(
-        out=str(out), films=films, preset=preset, steps=steps, causal_steps=causal_steps, workers=workers,
-        eval_scenes=eval_scenes, sample_steps=sample_steps, frames=frames, size=size, return_state=True,
+        out=str(out), films=films, preset=preset, steps=steps, causal_steps=causal_steps, ablation=ablation,
+        workers=workers, eval_scenes=eval_scenes, eval_seeds=eval_seeds, sample_steps=sample_steps, frames=frames,
+        size=size, return_state=True,
     )
     if not state.is_completed():
         console.print(f"[red]demo failed:[/red] {state.message}  (re-run the same command to resume)")
@@ -444,9 +447,11 @@ def eval_(
     seeds: int = typer.Option(3, "--seeds", min=1, help="Seeds per generated row (consistency = mean over seeds)."),
     ablation: Optional[Path] = typer.Option(None, "--ablation", help="The same model trained with recipe.timesteps=sync: adds its joint row and probe."),
     probe: bool = typer.Option(True, "--probe/--no-probe", help="The sampling-free probe (loss of a shot with the others clean vs noise)."),
+    causal: Optional[Path] = typer.Option(None, "--causal", help="The context-causal fine-tune of the checkpoint: generates the autoregressive row (KV-cache)."),
     modes: list[str] = typer.Option(
-        ["joint", "autoregressive", "conditioned", "independent"], "--modes",
-        help="Rows to generate (repeat the option): joint, autoregressive, conditioned, independent. 'real' is always scored.",
+        ["joint", "autoregressive", "conditioned", "independent", "extend"], "--modes",
+        help="Rows to generate (repeat the option): joint, autoregressive, conditioned, independent, extend "
+             "(a shot's next segment from its real first one). 'real' is always scored.",
     ),
     steps: int = typer.Option(30, "--steps", min=1, help="Euler steps per generation."),
     seed: int = typer.Option(0, "--seed", help="Seed of every generation."),
@@ -458,6 +463,7 @@ def eval_(
 
     checkpoint, data, out = checkpoint.resolve(), data.resolve(), out.resolve()       # recorded in eval.json
     ablation = ablation.resolve() if ablation else None
+    causal = causal.resolve() if causal else None
     bad = [m for m in modes if m not in MODES]
     if bad:
         console.print(f"[red]error:[/red] unknown --modes {bad}; choose from {list(MODES)}")
@@ -472,6 +478,7 @@ def eval_(
             report = evaluate(
                 bundle, data, out, scenes=scenes, modes=tuple(modes), steps=steps, seed=seed, cfg=cfg, seeds=seeds,
                 ablation=_load_bundle(ablation, device) if ablation else None, probe=probe,
+                causal=_load_bundle(causal, device) if causal else None,
                 on_progress=lambda what, done, total: bar.update(task, completed=done, total=total, note=what),
             )
     except (RuntimeError, ValueError, OSError) as e:

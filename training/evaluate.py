@@ -16,7 +16,12 @@ shots) the checkpoint generates, at its own frames / size / fps:
     conditioned     shot 0 given clean (t = 0) from the real clip, the others generated
     independent     the baseline: every shot generated alone as a one-shot scene (same global
                     prompt, seed + i for shot i so the shots do not share their noise)
-and the real scene, decoded the same way, is scored as the reference row.
+and the real scene, decoded the same way, is scored as the reference row. With "extend" in the
+modes, the first shot of each held-out scene long enough for two segments (2 x frames / fps) is
+also extended: its first segment given clean, the next generated in `lct generate --mode extend`
+(no "[SHOT CUT]"), and the generated segment's hidden attribute is compared with the real next
+segment's (`extend` in eval.json: the error and its cross-scene baseline, and the same for the
+given segment itself, "copy": how much a shot changes from one segment to the next).
 
 Metrics (per scene, then the mean over scenes; a metric needing two shots skips 1-shot scenes):
     clip_consistency  mean pairwise cosine between the shots' CLIP image embeddings (each shot =
@@ -42,7 +47,7 @@ import torch
 
 from dataprep.config import EmbedConfig
 from dataprep.dataset import heldout_keys, load_scenes
-from dataprep.media import decode_clip, even_indices
+from dataprep.media import decode_clip, even_indices, read_frames
 from dataprep.embed import ClipEmbedder
 from dataprep.scenes import colour_histogram, histogram_similarity
 from model.export import InferenceBundle
@@ -52,8 +57,8 @@ from training.consistency import (
 )
 from training.probe import PROBE_T, probe_losses
 
-MODES = ("joint", "autoregressive", "conditioned", "independent")
-ROWS = ("real",) + MODES
+MODES = ("joint", "autoregressive", "conditioned", "independent", "extend")
+ROWS = ("real",) + MODES[:-1]                    # extend is scored apart (one shot, by its continuation)
 METRICS = ("clip_consistency", "hist_consistency", "text_alignment", "frame_diff")
 KEYFRAMES = 3
 OnProgress = Callable[[str, int, int], None]     # (what, done, total)
@@ -144,6 +149,26 @@ def generate_row(bundle: InferenceBundle, spec: SceneSpec, mode: str, real_shot0
     return _decode(bundle, generate(bundle, plan).latents)
 
 
+def segments(mp4: bytes, bundle: InferenceBundle) -> tuple[np.ndarray, np.ndarray] | None:
+    """The first two consecutive segments (F, H, W, 3) of a shot at the bundle's frames / fps / size,
+    or None when the shot is shorter than two segments."""
+    src, src_fps = read_frames(mp4)
+    seg_s = bundle.frames / bundle.fps
+    if len(src) / src_fps < 2 * seg_s:
+        return None
+    return tuple(decode_clip(mp4, bundle.frames, bundle.fps, bundle.size, start=k * seg_s) for k in (0, 1))
+
+
+def extend_row(bundle: InferenceBundle, global_caption: str, caption: str, given: np.ndarray, seed: int,
+               steps: int, cfg: float) -> np.ndarray:
+    """The segment (F, H, W, 3) uint8 generated after the real segment `given` of a shot (--mode extend)."""
+    spec = SceneSpec.model_validate({"global": global_caption, "shots": [ShotSpec(prompt=caption)] * 2,
+                                     "seed": seed, "steps": steps, "cfg": cfg})
+    plan = plan_scene(spec, bundle, "extend")
+    plan = dataclasses.replace(plan, given={0: bundle.codec.encode(torch.from_numpy(given)).float()})
+    return _decode(bundle, generate(bundle, plan).latents[1:])[0]
+
+
 def _stat_row(desc: list[list[list[np.ndarray]]], groups_ok: bool = True):
     """desc[seed][scene] = descriptors -> f(idx): mean over seeds of the consistency of resampled scenes."""
     def stat(idx):
@@ -167,7 +192,7 @@ def evaluate(
     bundle: InferenceBundle, dataset_dir: str | Path, out: str | Path, scenes: int = 32,
     modes: tuple[str, ...] = MODES, steps: int = 30, seed: int = 0, cfg: float | None = None,
     embed: EmbedConfig | None = None, on_progress: OnProgress | None = None, seeds: int = 3,
-    ablation: InferenceBundle | None = None, probe: bool = True,
+    ablation: InferenceBundle | None = None, probe: bool = True, causal: InferenceBundle | None = None,
 ) -> dict:
     """Generate and score the held-out scenes; writes OUT/eval.json and OUT/eval.md, returns the report.
 
@@ -175,6 +200,8 @@ def evaluate(
     the mean over seeds, its 95% interval bootstraps the scenes (the same resample for all seeds).
     ablation: the same model trained with synchronous timesteps (recipe.timesteps: sync): its
     joint row ("sync_joint") and probe are added.
+    causal: the context-causal fine-tune of `bundle`: the autoregressive row is generated with it
+    (history through its KV-cache) instead of `bundle`.
     """
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
@@ -194,12 +221,16 @@ def evaluate(
     scorer = Scorer(embed)
     pretrained = not scorer.description.get("random_init")
     S_max = bundle.model.cfg.context_shots
-    generated = [(row, bundle) for row in modes] + ([("sync_joint", ablation)] if ablation is not None else [])
+    extending = "extend" in modes
+    generated = [(row, causal if row == "autoregressive" and causal is not None else bundle)
+                 for row in modes if row != "extend"]
+    generated += [("sync_joint", ablation)] if ablation is not None else []
     rows: dict[str, list[dict]] = {r: [] for r in ["real"] + [g for g, _ in generated]}
     desc: dict[str, list[list[list[np.ndarray]]]] = {r: [[] for _ in range(seeds)] for r in rows}
     attrs: dict[str, list[list[list[np.ndarray]]]] = {r: [[] for _ in range(seeds)] for r in rows}
     probes: dict[str, list[tuple[float, float]]] = {"async": [], "sync": []}
-    total, done = len(real) * (1 + len(generated) * seeds), 0
+    extended: list[dict] = []                    # per extended scene: attributes of the segments
+    total, done = len(real) * (1 + (len(generated) + extending) * seeds), 0
     for scene in real:
         captions = [c or "(no caption)" for c in scene.captions[:S_max]]
         frames = [decode_clip(m, bundle.frames, bundle.fps, bundle.size) for m in scene.mp4s[:S_max]]
@@ -225,6 +256,16 @@ def evaluate(
                 done += 1
                 if on_progress:
                     on_progress(f"{scene.key} {row} seed {seed + k}", done, total)
+        pair = segments(scene.mp4s[0], bundle) if extending else None
+        if pair is not None:
+            made = [extend_row(bundle, scene.global_caption, captions[0], pair[0], seed + k, steps, cfg)
+                    for k in range(seeds)]
+            extended.append({"key": scene.key, "given": attribute(pair[0]), "next": attribute(pair[1]),
+                             "made": [attribute(m) for m in made]})
+        if extending:
+            done += seeds
+            if on_progress:
+                on_progress(f"{scene.key} extend", done, total)
         if probe:
             for name, model in (("async", bundle), ("sync", ablation)):
                 if model is not None:
@@ -273,6 +314,29 @@ def evaluate(
             "conditioned_attribute_error_over_baseline", c["value"], c["ci_low"], c["ci_high"], 0.5,
             c["value"] is not None and c["value"] <= 0.5,
             "hidden-attribute error of the shots generated after the given shot, / the cross-scene baseline, <= 0.5"))
+    extend = None
+    if extended:
+        def errors(idx):
+            """(error, cross-scene baseline) of the extensions and of the given segments themselves, vs
+            the real next segments, over the extended scenes idx."""
+            made = [[e["made"][k] for k in range(seeds)] for e in (extended[i] for i in idx)]
+            nexts = [[extended[i]["next"]] for i in idx]
+            return attribute_error(made, nexts) + attribute_error([[extended[i]["given"]] for i in idx], nexts)
+
+        def ext_ratio(idx):
+            err, base, _, _ = errors(idx)
+            return None if err is None or not base else err / base
+
+        err, base, copy, copy_base = errors(range(len(extended)))
+        c = _ci(ext_ratio, len(extended), seed)
+        extend = {"scenes": len(extended), "attribute_error": err, "attribute_baseline": base, "copy_error": copy,
+                  "copy_baseline": copy_base,
+                  "per_scene": [{"key": e["key"], "given": e["given"].tolist(), "next": e["next"].tolist(),
+                                 "made": [m.tolist() for m in e["made"]]} for e in extended]}
+        criteria.append(criterion(
+            "extend_attribute_error_over_baseline", c["value"], c["ci_low"], c["ci_high"], 0.5,
+            c["value"] is not None and c["value"] <= 0.5,
+            "hidden-attribute error of an extension vs the real next segment of its shot, / the cross-scene baseline, <= 0.5"))
     for name, want, threshold in (("async", "lt", 0.75), ("sync", "ge", 1.0)):
         pairs = probes[name]
         if not pairs:
@@ -292,11 +356,13 @@ def evaluate(
     report = {
         "checkpoint": {"path": str(bundle.path), "step": bundle.info.get("step")},
         "ablation": None if ablation is None else {"path": str(ablation.path), "step": ablation.info.get("step")},
+        "causal": None if causal is None else {"path": str(causal.path), "step": causal.info.get("step")},
         "data": str(dataset_dir), "heldout": keys, "heldout_rule": "n smallest sha1(scene key) (dataprep.dataset.heldout_keys)",
         "scenes": len(real), "scenes_asked": scenes, "seeds": seeds, "steps": steps, "seed": seed, "cfg": cfg,
         "frames": bundle.frames, "size": list(bundle.size), "fps": bundle.fps,
         "clip": scorer.description, "rows": table, "criteria": criteria,
         "probe": {k: [list(p) for p in v] for k, v in probes.items()},
+        "extend": extend,
         "per_scene": rows,
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -312,6 +378,13 @@ def markdown(report: dict) -> str:
                  "text_alignment is n/a"
                  if clip.get("random_init") else f"CLIP {clip['model']} pretrained={clip['pretrained']}")
     few = report["scenes"] < 32 or report["seeds"] < 3
+    beside = []                                     # the runs evaluated beside the checkpoint
+    if report.get("ablation"):
+        beside.append(f"The sync_joint row and probe_ratio_sync: the synchronous-timestep ablation "
+                      f"{report['ablation']['path']} (step {report['ablation']['step']}).")
+    if report.get("causal"):
+        beside.append(f"The autoregressive row: the context-causal fine-tune {report['causal']['path']} "
+                      f"(step {report['causal']['step']}), history through its KV-cache.")
     lines = [
         f"# eval of {report['checkpoint']['path']} (step {report['checkpoint']['step']})",
         "",
@@ -320,6 +393,7 @@ def markdown(report: dict) -> str:
         f"{report['fps']} fps; {report['steps']} Euler steps, cfg {report['cfg']}."
         + (" **Fewer than the 32 scenes x 3 seeds the criteria are meant for: read the intervals.**" if few else ""),
         "",
+        *([" ".join(beside), ""] if beside else []),
         f"{clip_note}. Consistency = 1 - within-scene / between-scene distance of weight-free colour "
         "descriptors (0 = shots of a scene no closer than shots of different scenes); the guard needs "
         "the between-scene spread >= 0.5 x the real scenes'. The conditioned row scores only the "
@@ -338,6 +412,11 @@ def markdown(report: dict) -> str:
         lines.append(f"| {name} | {ci} | {cell(m['spread'])} | {'ok' if m['guard'] else 'FAIL'} | "
                      f"{cell(m['attribute_error'])} ({cell(m['attribute_baseline'])}) | "
                      f"{cell(m['hist_consistency'])} | {cell(m['frame_diff'])} | {cell(m['seconds'], '{:.2f}')} |")
+    ext = report.get("extend")
+    if ext:
+        lines += ["", f"Extend ({ext['scenes']} shots continued from their real first segment): hidden-attribute "
+                  f"error vs the real next segment {cell(ext['attribute_error'])} (cross-scene baseline "
+                  f"{cell(ext['attribute_baseline'])}; the given segment itself: {cell(ext['copy_error'])})."]
     lines += ["", "## Criteria", "", "| criterion | value [95% CI] | threshold | result |", "|---|---|---|---|"]
     for c in report["criteria"]:
         lines.append(f"| {c['name']} — {c['note']} | {cell(c['value'])} [{cell(c['ci_low'])}, {cell(c['ci_high'])}] | "

@@ -1,12 +1,17 @@
 """The `end_to_end` flow (`lct demo`): films -> dataset -> trained LCT -> generated scenes -> eval -> report.
 
     synthesize-films -> ingest (subflow) -> train (subflow, bidirectional)
+                     -> train (subflow, the same with synchronous timesteps: the ablation, optional)
                      -> train (subflow, context-causal fine-tune, optional)
                      -> generate-scene x {joint, conditioned, autoregressive} -> evaluate-checkpoint
                      -> write-report (OUT/report.md + images)
 
-Layout of OUT: films/ (synthetic films, unless `sources` are given), dataset/, run/,
-run-causal/, generate/<mode>/, eval/, report.md, report/ (the images the report shows).
+The evaluation is the consistency experiment (training/evaluate.py): real, joint, conditioned,
+autoregressive (the causal fine-tune, KV-cache), independent and sync_joint (the ablation) rows
+over the held-out scenes with bootstrap intervals, the probe, and the pass criteria.
+
+Layout of OUT: films/ (synthetic films, hidden appearance, unless `sources` are given), dataset/,
+run/, run-sync/, run-causal/, generate/<mode>/, eval/, report.md, report/ (the images the report shows).
 Re-running with the same `out` resumes: every stage whose output is complete is skipped
 (films present, films already curated, runs already at their last step, generations and the
 evaluation already written); the report is always rewritten.
@@ -36,14 +41,16 @@ FAST_CURATION = {   # the demo's films are small synthetic ones: 64x64 clips are
 def end_to_end(
     out: str = "demo-out",
     sources: list[str] | None = None,
-    films: int = 6,
-    preset: str = "lct-small",
-    steps: int = 300,
+    films: int = 10,
+    preset: str = "lct-demo",
+    steps: int = 400,
     causal_steps: int = 60,
-    workers: int = 2,
-    frames: int = 8,
-    size: int = 32,
-    eval_scenes: int = 2,
+    ablation: bool = True,
+    workers: int = 1,
+    frames: int = 1,
+    size: int = 16,
+    eval_scenes: int = 6,
+    eval_seeds: int = 2,
     sample_steps: int = 16,
     curation: dict[str, Any] | None = None,
     ray_address: str | None = None,
@@ -54,15 +61,19 @@ def end_to_end(
         out: Output directory; re-running with it resumes.
         sources: Films to use instead of synthetic ones (files, folders, globs, fsspec URLs).
         films: Synthetic films to make when no sources are given.
-        preset: Model preset (lct-debug for a quick check, lct-small for the demo). The training
+        preset: Model preset (lct-debug for a quick check, lct-demo for the demo). The training
             config is the `demo` preset (training/presets.py) given preset, frames, size,
             eval_scenes (held out), steps and workers.
         steps: Training steps of the bidirectional model.
         causal_steps: Steps of the context-causal fine-tune (0 = skip it).
+        ablation: Also train the same model with synchronous timesteps (run-sync/) and evaluate it
+            beside the asynchronous one (its joint row and probe).
         workers: Ray Train workers.
         frames: Video frames per training shot.
         size: Training frame size (size x size pixels).
-        eval_scenes: Held-out scenes generated and scored by the evaluation.
+        eval_scenes: Held-out scenes generated and scored by the evaluation (the criteria are meant
+            for >= 32; the demo's report says when it has fewer).
+        eval_seeds: Seeds per generated row of the evaluation.
         sample_steps: Euler steps when generating.
         curation: CurateConfig fields overriding the demo's fast curation settings.
         ray_address: Ray cluster to use (default: a local Ray).
@@ -81,6 +92,13 @@ def end_to_end(
         train(data=dataset, out=str(run), config=train_cfg, ray_address=ray_address)
     else:
         logger.info("training already finished at step %d: %s", steps, run)
+    sync = root / "run-sync"
+    if ablation:
+        if not finished(sync, steps):
+            train(data=dataset, out=str(sync), config=_merge(train_cfg, {"recipe": {"timesteps": "sync"}}),
+                  ray_address=ray_address)
+        else:
+            logger.info("the synchronous-timestep ablation already finished at step %d: %s", steps, sync)
     causal = root / "run-causal"
     if causal_steps:
         causal_cfg = _merge(train_cfg, {"schedule": {"steps": causal_steps, "checkpoint_every": causal_steps},
@@ -97,7 +115,8 @@ def end_to_end(
         checkpoint = causal if mode == "autoregressive" and causal_steps else run
         file = scene_file if mode == "conditioned" else str(Path(scene_file).with_name("scene-plain.yaml"))
         generations[mode] = generate_scene(str(checkpoint), file, str(root / "generate" / mode), mode)
-    evaluation = evaluate_checkpoint(str(run), dataset, str(root / "eval"), eval_scenes, sample_steps)
+    evaluation = evaluate_checkpoint(str(run), dataset, str(root / "eval"), eval_scenes, sample_steps, eval_seeds,
+                                     str(sync) if ablation else None, str(causal) if causal_steps else None)
     report = write_demo_report(str(root), generations, evaluation, ingested.get("dashboard"))
     logger.info("report: %s", report)
     return {"report": report, "dataset": dataset, "run": str(run), "eval": evaluation}
@@ -136,14 +155,19 @@ def generate_scene(checkpoint: str, scene_file: str, out: str, mode: str) -> dic
 
 
 @task(name="evaluate-checkpoint")
-def evaluate_checkpoint(checkpoint: str, dataset: str, out: str, scenes: int, steps: int) -> dict:
+def evaluate_checkpoint(checkpoint: str, dataset: str, out: str, scenes: int, steps: int, seeds: int = 2,
+                        ablation: str | None = None, causal: str | None = None) -> dict:
+    """The consistency experiment on the held-out scenes; `ablation` (sync timesteps) and `causal`
+    (the context-causal fine-tune, for the autoregressive row) are runs beside `checkpoint`."""
     from training.evaluate import evaluate
     from model.export import load_bundle
 
     result = Path(out) / "eval.json"
     if result.is_file():
         return json.loads(result.read_text())
-    return evaluate(load_bundle(checkpoint), dataset, out, scenes=scenes, steps=steps)
+    return evaluate(load_bundle(checkpoint), dataset, out, scenes=scenes, steps=steps, seeds=seeds,
+                    ablation=load_bundle(ablation) if ablation else None,
+                    causal=load_bundle(causal) if causal else None)
 
 
 @task(name="write-report")

@@ -31,14 +31,24 @@ def test_end_to_end_writes_the_report_and_resumes(prefect_server, tmp_path):
     from training.presets import train_preset
 
     demo = train_preset("demo", model_preset="lct-debug", frames=4, size=16, holdout=1, steps=4, workers=2)
-    assert TrainConfig.from_yaml(out / "run" / "config.yaml") == TrainConfig.model_validate(
-        set_dotted(demo, {"data.dataset": str(out.resolve() / "dataset")}))   # the run trained the demo preset
+    demo_cfg = TrainConfig.model_validate(set_dotted(demo, {"data.dataset": str(out.resolve() / "dataset")}))
+    assert TrainConfig.from_yaml(out / "run" / "config.yaml") == demo_cfg   # the run trained the demo preset
     evaluation = json.loads((out / "eval" / "eval.json").read_text())
-    assert set(evaluation["rows"]) >= {"real", "joint", "autoregressive", "conditioned", "independent"}
+    assert set(evaluation["rows"]) >= {"real", "joint", "autoregressive", "conditioned", "independent", "sync_joint"}
+    # the experiment: the sync-timestep ablation trained beside the model, the causal fine-tune's autoregressive row
+    sync = TrainConfig.from_yaml(out / "run-sync" / "config.yaml")
+    assert sync.recipe.timesteps == "sync" and sync.model_copy(update={"recipe": demo_cfg.recipe}) == demo_cfg
+    assert evaluation["ablation"]["path"] == str(out.resolve() / "run-sync" / "export")
+    assert evaluation["causal"]["path"] == str(out.resolve() / "run-causal" / "export")
+    probed = {"probe_ratio_async", "probe_ratio_sync"} if evaluation["probe"]["async"] else set()  # >= 2-shot scenes
+    assert len(evaluation["probe"]["sync"]) == len(evaluation["probe"]["async"])    # both models probed
+    assert {c["name"] for c in evaluation["criteria"]} == {
+        "joint_minus_independent_consistency", "conditioned_attribute_error_over_baseline"} | probed
+    assert "| sync_joint |" in report and "## Criteria" in report
 
     # a second run with the same out redoes nothing: same checkpoints, metrics and generations
     stamps = {p: p.stat().st_mtime_ns for p in [
-        out / "run" / "metrics.jsonl", out / "run-causal" / "metrics.jsonl",
+        out / "run" / "metrics.jsonl", out / "run-sync" / "metrics.jsonl", out / "run-causal" / "metrics.jsonl",
         out / "generate" / "joint" / "generation.json", out / "eval" / "eval.json"]}
     again = end_to_end(out=str(out), return_state=True, **TINY)
     assert again.is_completed(), again

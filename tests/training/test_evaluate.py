@@ -101,11 +101,28 @@ def test_eval_criteria_and_intervals(curated, tmp_path):
     bundle = load_bundle(make_checkpoint(tmp_path / "run"))
     sync = load_bundle(make_checkpoint(tmp_path / "sync", seed=1))
     report = evaluate(bundle, curated, tmp_path / "eval", scenes=3, seeds=2, steps=1,
-                      modes=("joint", "conditioned", "independent"), ablation=sync)
+                      modes=("joint", "conditioned", "independent", "extend"), ablation=sync)
     assert list(report["rows"]) == ["real", "joint", "conditioned", "independent", "sync_joint"]
     names = [c["name"] for c in report["criteria"]]
     assert names == ["joint_minus_independent_consistency", "conditioned_attribute_error_over_baseline",
-                     "probe_ratio_async", "probe_ratio_sync"]
+                     "extend_attribute_error_over_baseline", "probe_ratio_async", "probe_ratio_sync"]
+
+    # extend: each held-out scene's first shot, continued from its real first segment, scored by the
+    # real next segment of that shot (decoded here on its own)
+    from dataprep.dataset import load_scenes
+    from dataprep.media import decode_clip
+    from training.consistency import attribute
+
+    ext, seg_s = report["extend"], bundle.frames / bundle.fps
+    shots = {s.key: s.mp4s[0] for s in load_scenes(curated, report["heldout"])}
+    assert ext["scenes"] == len(ext["per_scene"]) >= 2
+    for e in ext["per_scene"]:
+        for name, start in (("given", 0.0), ("next", seg_s)):
+            real = attribute(decode_clip(shots[e["key"]], bundle.frames, bundle.fps, bundle.size, start=start))
+            assert e[name] == pytest.approx(real.tolist(), abs=1e-6), name
+        assert len(e["made"]) == 2 and e["made"][0] != e["made"][1]             # one extension per seed
+    assert ext["copy_error"] < 0.5 * ext["copy_baseline"]                      # a real shot continues itself
+    assert not report["criteria"][2]["passed"]                                 # an untrained model's noise does not
     for c in report["criteria"]:
         assert set(c) >= {"name", "value", "ci_low", "ci_high", "threshold", "passed"}
         assert c["ci_low"] <= c["value"] <= c["ci_high"] or c["ci_low"] is None
