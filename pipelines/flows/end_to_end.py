@@ -51,6 +51,7 @@ def end_to_end(
     size: int = 16,
     eval_scenes: int = 6,
     eval_seeds: int = 2,
+    eval_cfg: float | None = 1.0,
     sample_steps: int = 16,
     curation: dict[str, Any] | None = None,
     ray_address: str | None = None,
@@ -74,6 +75,9 @@ def end_to_end(
         eval_scenes: Held-out scenes generated and scored by the evaluation (the criteria are meant
             for >= 32; the demo's report says when it has fewer).
         eval_seeds: Seeds per generated row of the evaluation.
+        eval_cfg: Guidance scale of the evaluation's generations (None = the checkpoint's default).
+            1 (off) by default: the demo's prompts name no appearance, so guidance cannot move what
+            the experiment measures, and one model pass per step halves its time.
         sample_steps: Euler steps when generating.
         curation: CurateConfig fields overriding the demo's fast curation settings.
         ray_address: Ray cluster to use (default: a local Ray).
@@ -116,7 +120,7 @@ def end_to_end(
         file = scene_file if mode == "conditioned" else str(Path(scene_file).with_name("scene-plain.yaml"))
         generations[mode] = generate_scene(str(checkpoint), file, str(root / "generate" / mode), mode)
     evaluation = evaluate_checkpoint(str(run), dataset, str(root / "eval"), eval_scenes, sample_steps, eval_seeds,
-                                     str(sync) if ablation else None, str(causal) if causal_steps else None)
+                                     str(sync) if ablation else None, str(causal) if causal_steps else None, eval_cfg)
     report = write_demo_report(str(root), generations, evaluation, ingested.get("dashboard"))
     logger.info("report: %s", report)
     return {"report": report, "dataset": dataset, "run": str(run), "eval": evaluation}
@@ -156,7 +160,7 @@ def generate_scene(checkpoint: str, scene_file: str, out: str, mode: str) -> dic
 
 @task(name="evaluate-checkpoint")
 def evaluate_checkpoint(checkpoint: str, dataset: str, out: str, scenes: int, steps: int, seeds: int = 2,
-                        ablation: str | None = None, causal: str | None = None) -> dict:
+                        ablation: str | None = None, causal: str | None = None, cfg: float | None = None) -> dict:
     """The consistency experiment on the held-out scenes; `ablation` (sync timesteps) and `causal`
     (the context-causal fine-tune, for the autoregressive row) are runs beside `checkpoint`."""
     from training.evaluate import evaluate
@@ -165,9 +169,15 @@ def evaluate_checkpoint(checkpoint: str, dataset: str, out: str, scenes: int, st
     result = Path(out) / "eval.json"
     if result.is_file():
         return json.loads(result.read_text())
-    return evaluate(load_bundle(checkpoint), dataset, out, scenes=scenes, steps=steps, seeds=seeds,
+    logger = get_run_logger()
+
+    def progress(what: str, done: int, total: int) -> None:     # about every 10% in the flow's log
+        if done == total or done % max(1, total // 10) == 0:
+            logger.info("evaluation %d/%d: %s", done, total, what)
+
+    return evaluate(load_bundle(checkpoint), dataset, out, scenes=scenes, steps=steps, seeds=seeds, cfg=cfg,
                     ablation=load_bundle(ablation) if ablation else None,
-                    causal=load_bundle(causal) if causal else None)
+                    causal=load_bundle(causal) if causal else None, on_progress=progress)
 
 
 @task(name="write-report")

@@ -42,8 +42,10 @@ def test_end_to_end_writes_the_report_and_resumes(prefect_server, tmp_path):
     assert evaluation["causal"]["path"] == str(out.resolve() / "run-causal" / "export")
     probed = {"probe_ratio_async", "probe_ratio_sync"} if evaluation["probe"]["async"] else set()  # >= 2-shot scenes
     assert len(evaluation["probe"]["sync"]) == len(evaluation["probe"]["async"])    # both models probed
+    assert evaluation["extend"]["scenes"] >= 1                                  # held-out shots continued
     assert {c["name"] for c in evaluation["criteria"]} == {
-        "joint_minus_independent_consistency", "conditioned_attribute_error_over_baseline"} | probed
+        "joint_minus_independent_consistency", "conditioned_attribute_error_over_baseline",
+        "extend_attribute_error_over_baseline"} | probed
     assert "| sync_joint |" in report and "## Criteria" in report
 
     # a second run with the same out redoes nothing: same checkpoints, metrics and generations
