@@ -14,7 +14,6 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import open_clip
 import torch
 
 from dataprep.config import CaptionConfig
@@ -36,6 +35,8 @@ GENERATE_SEED = 0
 
 def decode_tokens(ids: torch.Tensor) -> str:
     """(L,) generated ids -> text without <start_of_text>, <end_of_text> and the padding after it."""
+    import open_clip  # loaded with the CoCa model, not by every importer of dataprep.run
+
     ids = ids.tolist()
     ids = ids[1:] if ids and ids[0] == SOT else ids
     ids = ids[: ids.index(EOT)] if EOT in ids else ids

@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import torch
 import torch.nn.functional as F
 from huggingface_hub import try_to_load_from_cache
@@ -29,6 +28,8 @@ INIT_SEED = 0  # random init is seeded: identical weights in every actor
 
 def resolve_weights(model: str, pretrained: str) -> tuple[str, dict]:
     """(local weights file, the tag's open_clip config or {}) without touching the network."""
+    import open_clip  # here, not at the top: `lct curate` and the film tasks start ~7 s sooner without it
+
     if os.path.isfile(pretrained):
         return pretrained, {}
     tag = open_clip.get_pretrained_cfg(model, pretrained)
@@ -57,6 +58,8 @@ def resolve_weights(model: str, pretrained: str) -> tuple[str, dict]:
 
 def create_open_clip(model: str, pretrained: str | None, device: str = "cpu") -> tuple[torch.nn.Module, dict, bool]:
     """(eval model, preprocess cfg, pretrained_loaded). Random init is seeded and warned loudly."""
+    import open_clip
+
     if model not in open_clip.list_models():
         raise ValueError(f"unknown open_clip architecture {model!r}; see open_clip.list_models()")
     path, tag = resolve_weights(model, pretrained) if pretrained else (None, {})

@@ -108,3 +108,11 @@ def test_preprocess_matches_open_clip_transform(embedder):
     assert ours.shape == theirs.shape
     error = (ours - theirs).abs()
     assert error.mean() < 0.01, error.mean()  # PIL vs torch bicubic: ~0.004 (max ~0.25 at the hue wrap)
+
+
+def test_curation_loads_without_open_clip():
+    """open_clip (~7 s to import on 2 cores: transformers, sklearn, timm) loads in the embedding and CoCa actors
+    only: `lct curate` answers a bad input, and a new Ray worker starts a film task, without it."""
+    from tests._imports import assert_imports_without
+
+    assert_imports_without(("open_clip",), "import dataprep.run\nimport dataprep.caption_film\nimport pipelines.cli")
