@@ -161,17 +161,34 @@ def wan_straight(curated, wan_dir, tmp_path_factory):
     return run
 
 
+def interrupted_after_step_3(straight, run) -> None:
+    """RUN as a run of wan_config stopped after its step-3 checkpoint leaves it: the uninterrupted run's folder
+    without step 6, Ray Train's snapshot listing step 3 as its latest, no metrics or export. (The native
+    backbone's resume test stops a run with `until`; here that run's own Ray Train start is saved.)"""
+    shutil.copytree(straight, run)
+    shutil.rmtree(run / "checkpoints" / "step-000006")
+    shutil.rmtree(run / "export")
+    (run / "metrics.jsonl").unlink()
+    snapshot = run / "checkpoints" / "checkpoint_manager_snapshot.json"
+    listed = json.loads(snapshot.read_text())
+    kept = [r for r in listed["checkpoint_results"] if r["checkpoint_dir_name"] == "step-000003"]
+    assert len(kept) == 1, listed
+    snapshot.write_text(json.dumps(listed | {"checkpoint_results": kept, "checkpoint_report_indices": [0],
+                                             "latest_checkpoint_result": kept[0]}))
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_wan_resume_equals_uninterrupted_and_continues_on_another_world_size(curated, wan_dir, wan_straight, tmp_path):
     from diffusers import WanTransformer3DModel
 
     from training.launch import launch
+    from training.metrics import read_metrics
 
     run = tmp_path / "run"
-    cfg = wan_config(curated, wan_dir)
-    assert launch(cfg, run, until=3).step == 3 and not (run / "checkpoints" / "step-000006").exists()
-    assert launch(cfg, run).step == 6
+    interrupted_after_step_3(wan_straight, run)
+    assert launch(wan_config(curated, wan_dir), run).step == 6
+    assert [m["step"] for m in read_metrics(run)] == [4, 5, 6]                    # from the step-3 checkpoint
     straight, resumed = exported(wan_straight), exported(run)
     assert straight.keys() == resumed.keys()
     for key in straight:
