@@ -45,6 +45,14 @@ def synth_films(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def synth_dataset(ray_local, synth_films, tmp_path_factory) -> tuple[Path, object]:
+    """(dataset dir, summary): `synth_films` curated once with fast_config(), for the tests that need that clean
+    run (its checks, the Prometheus counters it leaves, the reference a killed run must equal)."""
+    out = tmp_path_factory.mktemp("synth-dataset") / "ds"
+    return out, curate([str(synth_films)], out, fast_config())
+
+
 def _png_bytes() -> bytes:
     raw = b"".join(b"\x00" + bytes([200, 10, 10]) * 16 for _ in range(16))
     def chunk(kind, data):
@@ -105,9 +113,8 @@ def _scene_samples(out: Path) -> dict[str, dict]:
     return {s["__key__"]: s for s in wds.WebDataset(shards, shardshuffle=False)}
 
 
-def test_curate_synthetic_films(ray_local, synth_films, tmp_path):
-    out = tmp_path / "ds"
-    summary = curate([str(synth_films)], out, fast_config())
+def test_curate_synthetic_films(synth_dataset, synth_films):
+    out, summary = synth_dataset
     assert summary.counts == {"ok": 3, "failed": 0, "skipped": 0}
     doc = json.loads((out / "dataset.json").read_text())
     assert doc["embed"]["random_init"] is True and doc["scene_similarity"] == "histogram"
@@ -166,12 +173,12 @@ def test_curate_synthetic_films(ray_local, synth_films, tmp_path):
     assert {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")} == before
 
 
-def test_custom_metrics_reach_the_prometheus_endpoint(ray_local, synth_films, tmp_path):
-    """lct_curate_* counters are exported where the dashboard / Prometheus scrape them."""
+def test_custom_metrics_reach_the_prometheus_endpoint(synth_dataset):
+    """lct_curate_* counters of a run (synth_dataset's 3 films) are exported where the dashboard / Prometheus
+    scrape them."""
     import time
     import urllib.request
 
-    curate([str(synth_films)], tmp_path / "m", fast_config())
     port = ray.nodes()[0]["MetricsExportPort"]
     deadline, found = time.monotonic() + 120, {}  # export runs every ~10 s; slow under load
     # poll until the counters are complete: an export can land between two films' increments
@@ -287,7 +294,7 @@ def test_captions_from_vlm_then_coca_when_no_sidecar(ray_local, synth_films, tmp
 
 
 @pytest.mark.slow
-def test_a_killed_worker_is_retried_and_the_run_completes(ray_local, synth_films, tmp_path):
+def test_a_killed_worker_is_retried_and_the_run_completes(synth_dataset, synth_films, tmp_path):
     """SIGKILL the Ray worker running a film task: Ray retries it, the dataset is as without the kill."""
     import signal
     import threading
@@ -318,9 +325,9 @@ def test_a_killed_worker_is_retried_and_the_run_completes(ray_local, synth_films
         thread.join()
     assert killed, "no film task was caught running"
     assert summary.counts == {"ok": 3, "failed": 0, "skipped": 0}
-    clean = curate([str(synth_films)], tmp_path / "c", fast_config())
-    assert clean.counts["ok"] == 3
-    assert sorted(_scene_samples(tmp_path / "k")) == sorted(_scene_samples(tmp_path / "c"))
+    clean, summary = synth_dataset
+    assert summary.counts["ok"] == 3
+    assert sorted(_scene_samples(tmp_path / "k")) == sorted(_scene_samples(clean))
 
 
 def test_auto_similarity_uses_clip_only_with_pretrained_weights():
