@@ -82,7 +82,8 @@ def truth_table(scores: dict) -> list[str]:
 
 def training_section(root: Path) -> list[str]:
     lines = ["## 2. Training", ""]
-    for name, title in (("run", "bidirectional"), ("run-causal", "context-causal fine-tune")):
+    for name, title in (("run", "bidirectional"), ("run-sync", "the ablation: synchronous timesteps"),
+                        ("run-causal", "context-causal fine-tune")):
         run = root / name
         if not (run / "config.yaml").is_file():
             continue
@@ -120,7 +121,8 @@ def write_report(root: Path, generations: dict, evaluation: dict, dashboard: str
     lines += dataset_section(root) + training_section(root) + generation_section(root, generations)
     lines += ["## 4. Evaluation", ""]
     eval_md = root / "eval" / "eval.md"
-    body = eval_md.read_text().replace("\n# ", "\n### ") if eval_md.is_file() else "_(not run)_"
+    body = (eval_md.read_text().replace("\n## ", "\n#### ").replace("\n# ", "\n### ")
+            if eval_md.is_file() else "_(not run)_")
     lines += [body[2:] if body.startswith("# ") else body, ""]
     lines += [
         "## 5. Where to look", "",
