@@ -47,7 +47,7 @@ import torch
 
 from dataprep.config import EmbedConfig
 from dataprep.dataset import heldout_keys, load_scenes
-from dataprep.media import decode_clip, even_indices, read_frames
+from dataprep.media import cover_crop, decode_clip, even_indices, read_frames, window_indices
 from dataprep.embed import ClipEmbedder
 from dataprep.scenes import colour_histogram, histogram_similarity
 from model.export import InferenceBundle
@@ -149,14 +149,15 @@ def generate_row(bundle: InferenceBundle, spec: SceneSpec, mode: str, real_shot0
     return _decode(bundle, generate(bundle, plan).latents)
 
 
-def segments(mp4: bytes, bundle: InferenceBundle) -> tuple[np.ndarray, np.ndarray] | None:
-    """The first two consecutive segments (F, H, W, 3) of a shot at the bundle's frames / fps / size,
-    or None when the shot is shorter than two segments."""
+def next_segment(mp4: bytes, bundle: InferenceBundle) -> np.ndarray | None:
+    """The segment (F, H, W, 3) of a shot that follows its first one (decode_clip at start 0), at the
+    bundle's frames / fps / size; None when the shot is shorter than two segments."""
     src, src_fps = read_frames(mp4)
     seg_s = bundle.frames / bundle.fps
     if len(src) / src_fps < 2 * seg_s:
         return None
-    return tuple(decode_clip(mp4, bundle.frames, bundle.fps, bundle.size, start=k * seg_s) for k in (0, 1))
+    return np.stack([cover_crop(src[i], bundle.size) for i in window_indices(len(src), src_fps, bundle.frames,
+                                                                             bundle.fps, seg_s)])
 
 
 def extend_row(bundle: InferenceBundle, global_caption: str, caption: str, given: np.ndarray, seed: int,
@@ -256,11 +257,11 @@ def evaluate(
                 done += 1
                 if on_progress:
                     on_progress(f"{scene.key} {row} seed {seed + k}", done, total)
-        pair = segments(scene.mp4s[0], bundle) if extending else None
-        if pair is not None:
-            made = [extend_row(bundle, scene.global_caption, captions[0], pair[0], seed + k, steps, cfg)
+        following = next_segment(scene.mp4s[0], bundle) if extending else None
+        if following is not None:                  # frames[0] is the shot's first segment
+            made = [extend_row(bundle, scene.global_caption, captions[0], frames[0], seed + k, steps, cfg)
                     for k in range(seeds)]
-            extended.append({"key": scene.key, "given": attribute(pair[0]), "next": attribute(pair[1]),
+            extended.append({"key": scene.key, "given": attribute(frames[0]), "next": attribute(following),
                              "made": [attribute(m) for m in made]})
         if extending:
             done += seeds
