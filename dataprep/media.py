@@ -132,6 +132,12 @@ def draw_sheet(title: str, rows: list[tuple[list[str], list[np.ndarray]]], k: in
 
 
 def frames_sheet(rows: list[tuple[str, np.ndarray]], title: str = "", k: int = 4) -> Image.Image:
-    """A sheet of generated / sampled shots: one row per shot (k evenly spaced frames + its label)."""
-    picked = [(textwrap.wrap(label, 55)[:7], [frames[i] for i in even_indices(len(frames), k)]) for label, frames in rows]
+    """A sheet of generated / sampled shots: one row per shot (k evenly spaced frames + its label).
+
+    A shot shorter than k frames shows each of its frames once (a 1-frame shot: one tile, not k
+    copies of it), and the sheet is only as wide as its longest shot needs.
+    """
+    k = max(1, min(k, max((len(frames) for _, frames in rows), default=1)))
+    picked = [(textwrap.wrap(label, 55)[:7], [frames[i] for i in even_indices(len(frames), min(k, len(frames)))])
+              for label, frames in rows]
     return draw_sheet(title, picked, k, thumb=SHEET_THUMB, resample=Image.NEAREST)

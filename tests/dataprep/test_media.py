@@ -53,4 +53,19 @@ def test_training_sheet_pixels_are_pinned():
             ("shot 1: wide shot", _frames(4, 1, 32, 32)), ("shot 2", _frames(5, 3, 32, 32))]
     sheet = frames_sheet(rows, title="generated | key | a global caption")
     assert sheet.size == (4 * 96 + 360, 14 + 8 + 3 * (96 + 4))
-    assert _digest(sheet) == "b37c27c258e61745c676dd4cd8176afd95f30faff5137b0a973163a42bb8d3f6"
+    # shot 1 (1 frame) is one tile and shot 2 (3 frames) three: no repeated frames
+    assert _digest(sheet) == "741aae8079d9d47027c8e7543780749bd0bf2432c64decfc8e1cde8128bff540"
+
+
+def test_sheet_of_short_shots_shows_each_frame_once():
+    """A 1-frame shot is one tile, not four copies of it, and a sheet of 1-frame shots is one tile wide."""
+    rows = [("shot 0", _frames(6, 1, 16, 16)), ("shot 1", _frames(7, 1, 16, 16))]
+    sheet = np.asarray(frames_sheet(rows, title="joint | a scene"))
+    assert sheet.shape[1] == 96 + 360
+    mixed = [("shot 0", _frames(8, 2, 16, 16)), ("shot 1", _frames(9, 6, 16, 16))]
+    wide = np.asarray(frames_sheet(mixed))
+    assert wide.shape[1] == 4 * 96 + 360
+    top = 8 + 0 * (96 + 4)                      # no title: the first row starts at 8
+    tiles = [wide[top:top + 96, j * 96:(j + 1) * 96] for j in range(4)]
+    assert not np.array_equal(tiles[0], tiles[1])             # its 2 frames, each once
+    assert (tiles[2] == 255).all() and (tiles[3] == 255).all()   # and blank after them
