@@ -222,8 +222,18 @@ def launch(
 def _worker(args: dict) -> None:
     from .train import train_worker
 
+    quiet_report_log()
     record_placement(Path(args["run_dir"]))
     train_worker(args)
+
+
+def quiet_report_log() -> None:
+    """Drop Ray Train's INFO line per `ray.train.report` ("Reporting training result N: ...", the
+    whole metrics dict) from the driver's terminal: the run's metrics are in RUN/metrics.jsonl and
+    the flow's progress. Ray names that logger by its file path (logging.getLogger(__file__))."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def record_placement(run_dir: Path) -> None:
