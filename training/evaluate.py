@@ -15,13 +15,19 @@ shots) the checkpoint generates, at its own frames / size / fps:
     autoregressive  shot by shot with the history pool (training/history.py)
     conditioned     shot 0 given clean (t = 0) from the real clip, the others generated
     independent     the baseline: every shot generated alone as a one-shot scene (same global
-                    prompt, seed + i for shot i so the shots do not share their noise)
+                    prompt, noise seed + i for shot i so the shots do not share their noise)
 and the real scene, decoded the same way, is scored as the reference row. With "extend" in the
 modes, the first shot of each held-out scene long enough for two segments (2 x frames / fps) is
 also extended: its first segment given clean, the next generated in `lct generate --mode extend`
 (no "[SHOT CUT]"), and the generated segment's hidden attribute is compared with the real next
 segment's (`extend` in eval.json: the error and its cross-scene baseline, and the same for the
 given segment itself, "copy": how much a shot changes from one segment to the next).
+
+Noise: seed k of a scene draws its noise from `noise_seed(seed + k, scene key)`, so no two held-out
+scenes start from the same noise. With one seed for all scenes, shot i of every scene would begin
+from the same tensor: shots of *different* scenes alike, the between-scene distance too small, every
+generated row's consistency and spread pulled down (the independent row below 0) — a bias of the
+experiment, not of the model.
 
 Metrics (per scene, then the mean over scenes; a metric needing two shots skips 1-shot scenes):
     clip_consistency  mean pairwise cosine between the shots' CLIP image embeddings (each shot =
@@ -37,6 +43,7 @@ Metrics (per scene, then the mean over scenes; a metric needing two shots skips 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -160,6 +167,11 @@ def next_segment(mp4: bytes, bundle: InferenceBundle) -> np.ndarray | None:
                                                                              bundle.fps, seg_s)])
 
 
+def noise_seed(seed: int, key: str) -> int:
+    """The noise seed of scene `key` under run seed `seed`: distinct per scene, the same on every run."""
+    return int.from_bytes(hashlib.sha1(f"{seed}:{key}".encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
 def extend_row(bundle: InferenceBundle, global_caption: str, caption: str, given: np.ndarray, seed: int,
                steps: int, cfg: float) -> np.ndarray:
     """The segment (F, H, W, 3) uint8 generated after the real segment `given` of a shot (--mode extend)."""
@@ -239,7 +251,7 @@ def evaluate(
             for k in range(1 if row == "real" else seeds):
                 spec = SceneSpec.model_validate({
                     "global": scene.global_caption, "shots": [ShotSpec(prompt=c) for c in captions],
-                    "seed": seed + k, "steps": steps, "cfg": cfg,
+                    "seed": noise_seed(seed + k, scene.key), "steps": steps, "cfg": cfg,
                 })
                 start = time.perf_counter()
                 mode = "joint" if row == "sync_joint" else row
@@ -250,7 +262,7 @@ def evaluate(
                 if not pretrained:
                     metrics["clip_consistency"] = None                         # random-init CLIP: not a metric
                 rows[row].append({"key": scene.key, "seed": seed + k, "shots": len(shots), "scored": len(scored),
-                                  "seconds": seconds} | metrics)
+                                  "noise_seed": None if row == "real" else spec.seed, "seconds": seconds} | metrics)
                 for s in range(seeds if row == "real" else 1):
                     desc[row][s if row == "real" else k].append([descriptor(f) for f in scored])
                     attrs[row][s if row == "real" else k].append([attribute(f) for f in scored])
@@ -259,7 +271,8 @@ def evaluate(
                     on_progress(f"{scene.key} {row} seed {seed + k}", done, total)
         following = next_segment(scene.mp4s[0], bundle) if extending else None
         if following is not None:                  # frames[0] is the shot's first segment
-            made = [extend_row(bundle, scene.global_caption, captions[0], frames[0], seed + k, steps, cfg)
+            made = [extend_row(bundle, scene.global_caption, captions[0], frames[0],
+                                noise_seed(seed + k, scene.key), steps, cfg)
                     for k in range(seeds)]
             extended.append({"key": scene.key, "given": attribute(frames[0]), "next": attribute(following),
                              "made": [attribute(m) for m in made]})
@@ -270,7 +283,7 @@ def evaluate(
         if probe:
             for name, model in (("async", bundle), ("sync", ablation)):
                 if model is not None:
-                    p = probe_losses(model, scene.global_caption, captions, frames, seed)
+                    p = probe_losses(model, scene.global_caption, captions, frames, noise_seed(seed, scene.key))
                     if p is not None:
                         probes[name].append(p)
     n = len(real)

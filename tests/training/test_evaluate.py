@@ -133,6 +133,12 @@ def test_eval_criteria_and_intervals(curated, tmp_path):
     for scene in report["per_scene"]["conditioned"]:
         assert scene["scored"] == scene["shots"] - 1                          # the given shot is excluded
     assert len(report["per_scene"]["joint"]) == 3 * 2                         # scenes x seeds
+    # no two held-out scenes (or seeds) start from the same noise: shared noise makes shots of different
+    # scenes alike and pulls every generated row's consistency and spread down
+    noise = [r["noise_seed"] for r in report["per_scene"]["joint"]]
+    assert len(set(noise)) == len(noise), noise
+    assert [r["noise_seed"] for r in report["per_scene"]["sync_joint"]] == noise   # paired with the joint row
+    assert abs(report["rows"]["independent"]["consistency"]["value"]) < 0.1   # unrelated shots: ~0, not below
     assert "## Criteria" in (tmp_path / "eval" / "eval.md").read_text()
 
 
