@@ -112,6 +112,17 @@ def save(engine, run_dir: Path, step: int, state: dict, ema, metrics: dict, cfg:
     dist.barrier()
 
 
+def skip_shm_comm_build() -> None:
+    """Keep DeepSpeed's CPU backend from JIT-building its shared-memory all-reduce op at init_distributed
+    (a minute of C++ compiling on a fresh machine, the first thing `make demo` waited for). The op
+    serves only `inference_all_reduce`; ZeRO training reduces through the process group (gloo), and
+    inference_all_reduce falls back to it when the op is absent. DeepSpeed builds an op only when
+    `deepspeed.ops.__compatible_ops__` marks it compatible."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def train_worker(args: dict) -> None:
     cfg = TrainConfig.model_validate(args["config"])
     run_dir = Path(args["run_dir"])
@@ -121,6 +132,8 @@ def train_worker(args: dict) -> None:
 
     # 1. Distributed setup (Ray Train / torchrun / deepspeed set RANK, WORLD_SIZE, MASTER_*).
     torch.set_num_threads(eng.cpus_per_worker)
+    if not eng.gpus_per_worker:
+        skip_shm_comm_build()
     deepspeed.init_distributed(dist_backend="nccl" if eng.gpus_per_worker else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if eng.gpus_per_worker else torch.device("cpu")

@@ -79,3 +79,36 @@ def test_a_sample_skipped_on_rank_1_is_counted_in_the_metrics(curated, tmp_path)
     torchrun(run, 2, cfg)                                    # 2 gloo ranks, rank 0 writes the metrics
     skipped = [m["skipped_samples"] for m in read_metrics(run)]
     assert len(skipped) == 2 and skipped[-1] >= 1, skipped   # rank 0 alone would say 0
+
+
+# -- DeepSpeed on CPU starts without JIT-building its shared-memory all-reduce ---------------------
+def _ds_rank(rank: int, port: int, extensions: str, results) -> None:
+    import os
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=extensions)
+    import deepspeed
+    import deepspeed.comm as ds_dist
+
+    from training.train import skip_shm_comm_build
+
+    skip_shm_comm_build()
+    deepspeed.init_distributed(dist_backend="gloo")
+    try:
+        x = torch.tensor([1.0 + rank])
+        ds_dist.inference_all_reduce(x, op=dist.ReduceOp.SUM)      # what the op would serve: gloo instead
+        y = torch.tensor([10.0 * (rank + 1)])
+        ds_dist.all_reduce(y)
+        results[rank] = (float(x), float(y))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_deepspeed_on_cpu_reduces_without_building_the_shm_op(tmp_path):
+    """init_distributed on the CPU accelerator used to compile deepspeed_shm_comm (about a minute on a
+    fresh machine, before the demo's first step); the reductions still sum over the 2 ranks."""
+    results = mp.Manager().dict()
+    mp.spawn(_ds_rank, args=(_free_port(), str(tmp_path / "ext"), results), nprocs=2, join=True)
+    assert dict(results) == {0: (3.0, 30.0), 1: (3.0, 30.0)}
+    built = [p.name for p in (tmp_path / "ext").rglob("*") if "shm" in p.name]
+    assert built == [], built
