@@ -75,7 +75,8 @@ def end_to_end(
         eval_scenes: Held-out scenes generated and scored by the evaluation (the criteria are meant
             for >= 32; the demo's report says when it has fewer).
         eval_seeds: Seeds per generated row of the evaluation.
-        eval_cfg: Guidance scale of the evaluation's generations (None = the checkpoint's default).
+        eval_cfg: Guidance scale of the evaluation's and the generate stage's generations (None = the
+            checkpoint's default).
             1 (off) by default: the demo's prompts name no appearance, so guidance cannot move what
             the experiment measures, and one model pass per step halves its time.
         sample_steps: Euler steps when generating.
@@ -113,7 +114,7 @@ def end_to_end(
         else:
             logger.info("the context-causal fine-tune already finished at step %d: %s", causal_steps, causal)
 
-    scene_file = write_demo_scene(dataset, str(root / "generate"), eval_scenes, sample_steps)
+    scene_file = write_demo_scene(dataset, str(root / "generate"), eval_scenes, sample_steps, eval_cfg)
     generations = {}
     for mode in ("joint", "conditioned", "autoregressive"):
         checkpoint = causal if mode == "autoregressive" and causal_steps else run
@@ -137,11 +138,12 @@ def synthesize_films(directory: str, films: int) -> str:
 
 
 @task(name="write-demo-scene")
-def write_demo_scene(dataset: str, directory: str, heldout: int, steps: int) -> str:
-    """A scene file from the first held-out scene: its prompts, and its first frame as a condition."""
+def write_demo_scene(dataset: str, directory: str, heldout: int, steps: int, cfg: float | None = None) -> str:
+    """A scene file from the first held-out scene: its prompts, and its first frame as a condition;
+    generated at the evaluation's guidance scale, so the sheets show what the evaluation scored."""
     from training.demo_scene import demo_scene
 
-    return str(demo_scene(Path(dataset), Path(directory), heldout, steps))
+    return str(demo_scene(Path(dataset), Path(directory), heldout, steps, cfg=cfg))
 
 
 @task(name="generate-scene")
