@@ -1,34 +1,25 @@
 """Step metrics reduced over ranks: 2 real gloo processes (torch.multiprocessing, torchrun), no mocks."""
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests._gloo import free_port, spawn
 
 
 def _rank(rank: int, port: int, results) -> None:
     from training.train import reduce_over_ranks
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        # rank 1 skipped one corrupt sample, rank 0 none; losses 1.0 and 3.0
-        loss, skipped = reduce_over_ranks(torch.tensor(1.0 + 2 * rank), skipped=rank)
-        results[rank] = (loss, skipped)
-    finally:
-        dist.destroy_process_group()
+    # rank 1 skipped one corrupt sample, rank 0 none; losses 1.0 and 3.0
+    loss, skipped = reduce_over_ranks(torch.tensor(1.0 + 2 * rank), skipped=rank)
+    results[rank] = (loss, skipped)
 
 
 def test_skipped_samples_and_loss_are_reduced_over_two_gloo_ranks():
     results = mp.Manager().dict()
-    mp.spawn(_rank, args=(_free_port(), results), nprocs=2, join=True)
+    spawn(_rank, (free_port(), results))
     assert dict(results) == {0: (2.0, 1), 1: (2.0, 1)}      # the sample skipped on rank 1 counts on rank 0
 
 
@@ -94,21 +85,18 @@ def _ds_rank(rank: int, port: int, extensions: str, results) -> None:
 
     skip_shm_comm_build()
     deepspeed.init_distributed(dist_backend="gloo")
-    try:
-        x = torch.tensor([1.0 + rank])
-        ds_dist.inference_all_reduce(x, op=dist.ReduceOp.SUM)      # what the op would serve: gloo instead
-        y = torch.tensor([10.0 * (rank + 1)])
-        ds_dist.all_reduce(y)
-        results[rank] = (float(x), float(y))
-    finally:
-        dist.destroy_process_group()
+    x = torch.tensor([1.0 + rank])
+    ds_dist.inference_all_reduce(x, op=dist.ReduceOp.SUM)          # what the op would serve: gloo instead
+    y = torch.tensor([10.0 * (rank + 1)])
+    ds_dist.all_reduce(y)
+    results[rank] = (float(x), float(y))
 
 
 def test_deepspeed_on_cpu_reduces_without_building_the_shm_op(tmp_path):
     """init_distributed on the CPU accelerator used to compile deepspeed_shm_comm (about a minute on a
     fresh machine, before the demo's first step); the reductions still sum over the 2 ranks."""
     results = mp.Manager().dict()
-    mp.spawn(_ds_rank, args=(_free_port(), str(tmp_path / "ext"), results), nprocs=2, join=True)
+    spawn(_ds_rank, (free_port(), str(tmp_path / "ext"), results))
     assert dict(results) == {0: (3.0, 30.0), 1: (3.0, 30.0)}
     built = [p.name for p in (tmp_path / "ext").rglob("*") if "shm" in p.name]
     assert built == [], built

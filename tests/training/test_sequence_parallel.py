@@ -1,14 +1,13 @@
 """Ulysses SP=2 (2 gloo processes) == SP=1: outputs and gradients, odd token counts, both masks."""
 
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from model import PRESETS, Scene, Shot, collate
+from tests._gloo import free_port, spawn
 from tests.model.test_attention import make_model   # the same perturbed lct-debug model
 from training.sequence_parallel import UlyssesAttention, check_heads, shard_batch
 
@@ -45,30 +44,27 @@ def reference(attention: str):
 def sp_worker(rank: int, world: int, port: int, attention: str, path: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        model, (batch, t) = make_model(attention), make_batch()
-        model.set_attention(UlyssesAttention())
-        local = shard_batch(batch, rank, world)
-        out = model(local, t, packed=True)                          # (B, ceil(Lv / P), patch_dim)
-        parts = [torch.empty_like(out) for _ in range(world)]
-        dist.all_gather(parts, out.detach())
-        Lv = batch.vid.shape[1]
-        full = torch.cat(parts, dim=1)[:, :Lv]                      # (B, Lv, patch_dim) unsharded
-        # The same loss as the reference, each rank summing its own real tokens.
-        real = local.vid_group >= 0
-        index = torch.cumsum((batch.vid_group >= 0).flatten(), 0).view(batch.vid_group.shape) - 1
-        local_index = shard_batch(Batch_like(batch, index), rank, world).vid_group[real]
-        N = int((batch.vid_group >= 0).sum())
-        w = weights(N * out.shape[-1], N).view(N, out.shape[-1])
-        (out[real] * w[local_index]).sum().backward()
-        for p in model.parameters():                                # gradient = sum over the SP group
-            dist.all_reduce(p.grad)
-        if rank == 0:
-            torch.save({"out": full[batch.vid_group >= 0],
-                        "grads": {n: p.grad for n, p in model.named_parameters()}}, path)
-    finally:
-        dist.destroy_process_group()
+    dist.init_process_group("gloo", rank=rank, world_size=world)   # tests._gloo.spawn closes it
+    model, (batch, t) = make_model(attention), make_batch()
+    model.set_attention(UlyssesAttention())
+    local = shard_batch(batch, rank, world)
+    out = model(local, t, packed=True)                          # (B, ceil(Lv / P), patch_dim)
+    parts = [torch.empty_like(out) for _ in range(world)]
+    dist.all_gather(parts, out.detach())
+    Lv = batch.vid.shape[1]
+    full = torch.cat(parts, dim=1)[:, :Lv]                      # (B, Lv, patch_dim) unsharded
+    # The same loss as the reference, each rank summing its own real tokens.
+    real = local.vid_group >= 0
+    index = torch.cumsum((batch.vid_group >= 0).flatten(), 0).view(batch.vid_group.shape) - 1
+    local_index = shard_batch(Batch_like(batch, index), rank, world).vid_group[real]
+    N = int((batch.vid_group >= 0).sum())
+    w = weights(N * out.shape[-1], N).view(N, out.shape[-1])
+    (out[real] * w[local_index]).sum().backward()
+    for p in model.parameters():                                # gradient = sum over the SP group
+        dist.all_reduce(p.grad)
+    if rank == 0:
+        torch.save({"out": full[batch.vid_group >= 0],
+                    "grads": {n: p.grad for n, p in model.named_parameters()}}, path)
 
 
 def Batch_like(batch, vid_values):
@@ -77,19 +73,12 @@ def Batch_like(batch, vid_values):
     return replace(batch, vid_group=vid_values)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("attention", ["bidirectional", "context_causal"])
 def test_sp2_equals_sp1(attention, tmp_path):
     path = str(tmp_path / "sp2.pt")
     # spawn, not fork: the test process may be a Ray driver with live threads (the session's curated
     # fixture), and a forked copy of it breaks both the children and the parent's Ray connection
-    mp.start_processes(sp_worker, args=(2, free_port(), attention, path), nprocs=2, join=True,
-                       start_method="spawn")
+    spawn(sp_worker, (2, free_port(), attention, path))
     got = torch.load(path, weights_only=True)
     out, grads = reference(attention)
     torch.testing.assert_close(got["out"], out, atol=1e-5, rtol=0)
@@ -136,23 +125,20 @@ def wan_sp_worker(rank: int, world: int, port: int, folder: str, attention: str,
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        model = wan_model(folder, attention)
-        batch, t = wan_batch(model)
-        model.set_attention(UlyssesAttention())
-        local = shard_batch(batch, rank, world, text=False)
-        out = model(local, t, packed=True)                    # (B, ceil(Lv / P), patch_dim)
-        (out * shard_tokens(wan_weights(batch), rank, world)).sum().backward()
-        parts = [torch.empty_like(out) for _ in range(world)]
-        dist.all_gather(parts, out.detach())
-        for p in model.parameters():
-            dist.all_reduce(p.grad)
-        if rank == 0:
-            torch.save({"out": torch.cat(parts, dim=1)[:, : batch.vid.shape[1]],
-                        "grads": {n: p.grad for n, p in model.named_parameters()}}, path)
-    finally:
-        dist.destroy_process_group()
+    dist.init_process_group("gloo", rank=rank, world_size=world)   # tests._gloo.spawn closes it
+    model = wan_model(folder, attention)
+    batch, t = wan_batch(model)
+    model.set_attention(UlyssesAttention())
+    local = shard_batch(batch, rank, world, text=False)
+    out = model(local, t, packed=True)                    # (B, ceil(Lv / P), patch_dim)
+    (out * shard_tokens(wan_weights(batch), rank, world)).sum().backward()
+    parts = [torch.empty_like(out) for _ in range(world)]
+    dist.all_gather(parts, out.detach())
+    for p in model.parameters():
+        dist.all_reduce(p.grad)
+    if rank == 0:
+        torch.save({"out": torch.cat(parts, dim=1)[:, : batch.vid.shape[1]],
+                    "grads": {n: p.grad for n, p in model.named_parameters()}}, path)
 
 
 @pytest.mark.parametrize("attention", ["bidirectional", "context_causal"])
@@ -161,8 +147,7 @@ def test_wan_sp2_equals_sp1(attention, tmp_path):
 
     folder = str(make_tiny_wan(tmp_path / "wan", seed=0, text_encoder=False))
     path = str(tmp_path / "sp2.pt")
-    mp.start_processes(wan_sp_worker, args=(2, free_port(), folder, attention, path), nprocs=2, join=True,
-                       start_method="spawn")
+    spawn(wan_sp_worker, (2, free_port(), folder, attention, path))
     got = torch.load(path, weights_only=True)
     model = wan_model(folder, attention)                      # SP = 1: Wan's own processor, dense mask
     batch, t = wan_batch(model)
