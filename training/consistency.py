@@ -1,6 +1,7 @@
 """Cross-shot consistency that cannot be gamed: weight-free descriptors, normalised scores, intervals.
 
-    d = descriptor(frames)                           # (D,) per shot: sqrt of a coarse RGB histogram
+    d = descriptor(frames)                           # (3,) per shot: its mean colour
+    h = histogram_descriptor(frames)                 # (64,) per shot: sqrt of a coarse RGB histogram
     score = consistency([[d, d, ...], ...])          # 1 - mean within-scene / mean between-scene distance
     spread = between_distance(scenes)                # the diversity the guard compares with the real rows
     lo, hi = bootstrap(scenes_stat, n_scenes)        # 95% interval, scenes resampled with replacement
@@ -11,6 +12,17 @@ distance between shots of different scenes makes "every shot looks the same" sco
 score needs shots of one scene to be closer to each other than to shots of other scenes. The
 diversity guard then refuses a generator whose scenes are all alike (between-scene spread
 under `GUARD` x that of the real scenes), because a tiny spread makes the ratio meaningless.
+
+Which descriptor: the one that rates the *real* held-out scenes most consistent, since a
+descriptor that real scenes fail cannot show a generator keeping what real scenes keep. Measured
+on the demo's 6 held-out scenes (the same frames, 2 seeds, eval at 16 steps): normalised
+consistency of the real row with the mean colour 0.69, the median colour 0.62, a 2/3/4-bin
+histogram 0.45 / 0.45 / 0.41. The synthetic films cut between wide shots and close-ups of a
+scene's characters, so the mix of colours (the histogram) changes from shot to shot while the
+scene's colours, averaged, stay. The histogram score is still computed (`consistency_histogram`
+in eval.json) for comparison with earlier reports. This choice was made after seeing the table,
+the generated rows included (joint - independent 0.61 with the mean colour, 0.49 with the 4-bin
+histogram); read the criteria with that in mind.
 
 Hidden attributes: `attribute(frames)` is the median colour of a shot (the backdrop dominates
 it in the synthetic films; captions never name it). `attribute_error` of generated shots is the
@@ -40,6 +52,11 @@ def keyframes(frames: np.ndarray, k: int = KEYFRAMES) -> np.ndarray:
 
 
 def descriptor(frames: np.ndarray) -> np.ndarray:
+    """(F, H, W, 3) uint8 -> (3,) the mean colour of its keyframes in [0, 1] (the consistency descriptor)."""
+    return keyframes(frames).reshape(-1, 3).mean(axis=0) / 255.0
+
+
+def histogram_descriptor(frames: np.ndarray) -> np.ndarray:
     """(F, H, W, 3) uint8 -> (BINS^3,) float: sqrt of the normalised RGB histogram of its keyframes.
 
     The L2 distance of two descriptors is sqrt(2) x the Hellinger distance of the histograms: 0 for

@@ -38,15 +38,20 @@ def test_real_scenes_score_high_and_pass_the_guard(real_scenes):
 
 
 def test_noise_and_constant_output_score_zero_and_fail_the_guard(real_scenes):
-    rng = np.random.default_rng(0)
     shape = real_scenes[0][0].shape
-    noise = [[rng.integers(0, 256, shape, dtype=np.uint8) for _ in scene] for scene in real_scenes]
-    grey = [[np.full(shape, 128, np.uint8) for _ in scene] for scene in real_scenes]
     real_spread = between_distance(describe(real_scenes))
-    for fake in (noise, grey):
-        d = describe(fake)
-        assert abs(consistency(d)) < 0.05, consistency(d)
+    grey = describe([[np.full(shape, 128, np.uint8) for _ in scene] for scene in real_scenes])
+    assert consistency(grey) == 0.0 and not guard(between_distance(grey), real_spread)
+    # noise: each draw scatters around 0 (17 scenes of 2-3 shots, 3-D means: about +-0.1), the mean of
+    # draws is ~0, and its spread is a sliver of the real scenes'
+    scores = []
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        d = describe([[rng.integers(0, 256, shape, dtype=np.uint8) for _ in scene] for scene in real_scenes])
+        scores.append(consistency(d))
+        assert abs(scores[-1]) < 0.15, scores
         assert not guard(between_distance(d), real_spread)
+    assert abs(np.mean(scores)) < 0.05, scores
 
 
 def test_shuffled_shots_score_zero(real_scenes):
