@@ -10,17 +10,12 @@ or in the Manager. An exception inside the work still fails the test with its tr
 """
 
 import os
-import socket
 import sys
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests._ray import free_port   # noqa: F401  (re-exported: the gloo tests' rendezvous port)
 
 
 def spawn(work, args: tuple, nprocs: int = 2) -> None:

@@ -58,21 +58,20 @@ import torch
 
 from dataprep.config import EmbedConfig
 from dataprep.dataset import heldout_keys, load_scenes
-from dataprep.media import cover_crop, decode_clip, even_indices, read_frames, window_indices
+from dataprep.media import cover_crop, decode_clip, read_frames, window_indices
 from dataprep.embed import ClipEmbedder
 from dataprep.scenes import colour_histogram, histogram_similarity
 from model.export import InferenceBundle
 from training.generate import Plan, SceneSpec, ShotSpec, default_cfg, generate, plan_scene
 from training.consistency import (
-    attribute, attribute_error, between_distance, bootstrap, consistency, descriptor, guard, histogram_descriptor,
-    resampled,
+    KEYFRAMES, attribute, attribute_error, between_distance, bootstrap, consistency, descriptor, guard,
+    histogram_descriptor, keyframes, resampled,
 )
 from training.probe import PROBE_T, probe_losses
 
 MODES = ("joint", "autoregressive", "conditioned", "independent", "extend")
 ROWS = ("real",) + MODES[:-1]                    # extend is scored apart (one shot, by its continuation)
 METRICS = ("clip_consistency", "hist_consistency", "text_alignment", "frame_diff")
-KEYFRAMES = 3
 OnProgress = Callable[[str, int, int], None]     # (what, done, total)
 
 
@@ -88,11 +87,6 @@ def frame_diff(frames: np.ndarray) -> float:
     if len(frames) < 2:
         return 0.0
     return float(np.abs(np.diff(frames.astype(np.float32), axis=0)).mean() / 255.0)
-
-
-def keyframes(frames: np.ndarray, k: int = KEYFRAMES) -> np.ndarray:
-    """(k, H, W, 3) evenly spaced frames of a shot."""
-    return frames[even_indices(len(frames), min(k, len(frames)))]
 
 
 class Scorer:
@@ -385,7 +379,7 @@ def evaluate(
         "scenes": len(real), "scenes_asked": scenes, "seeds": seeds, "steps": steps, "seed": seed, "cfg": cfg,
         "frames": bundle.frames, "size": list(bundle.size), "fps": bundle.fps,
         "clip": scorer.description, "rows": table, "criteria": criteria,
-        "descriptor": "mean colour of 3 keyframes (training.consistency.descriptor)",
+        "descriptor": f"mean colour of {KEYFRAMES} keyframes (training.consistency.descriptor)",
         "joint_minus_independent_histogram": histogram_gap,
         "probe": {k: [list(p) for p in v] for k, v in probes.items()},
         "extend": extend,

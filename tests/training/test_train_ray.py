@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from model import LCT
 from model.export import load_bundle
 from pipelines.cli import app
+from tests._ray import free_port
 from training.config import TrainConfig
 from training.launch import launch
 from training.metrics import read_metrics
@@ -217,7 +218,7 @@ def test_plain_torchrun_launcher_overfits_one_scene(curated, tmp_path):
     (run / "config.yaml").write_text(__import__("training.config", fromlist=["dump_yaml"]).dump_yaml(cfg))
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     torchrun = Path(sys.executable).with_name("torchrun")
-    proc = subprocess.run([str(torchrun), "--nproc-per-node", "1", "--master-port", str(_free_port()),
+    proc = subprocess.run([str(torchrun), "--nproc-per-node", "1", "--master-port", str(free_port()),
                            "-m", "training.train", str(run)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "checkpoints" / "step-000040" / "state.json").is_file()
@@ -240,14 +241,6 @@ def test_plain_torchrun_launcher_overfits_one_scene(curated, tmp_path):
         trained, _ = flow_loss(bundle.model(batch, t), targets, batch.shot_mask)
         untrained, _ = flow_loss(LCT(bundle.model.cfg)(batch, t), targets, batch.shot_mask)
     assert trained < 0.5 * untrained, (float(trained), float(untrained))
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_cli_train_resolves_relative_paths(curated, tmp_path, monkeypatch):
