@@ -118,6 +118,11 @@ class SynthConfig(BaseModel):
         "full", description="full: captions name every attribute of a scene (palette, texture, character colour, "
         "shape, pattern); hidden: appearance is never written in a caption (characters by ID, framing and "
         "action only), it is in the truth JSON's `hidden` (the test bed of cross-shot consistency).")
+    texture_scale: float = Field(
+        1.0, gt=0, le=8, description="Multiplies every backdrop's texture period: coarser patterns that stay "
+        "patterns when a film is curated down to a few pixels (the demo trains on 16x16 frames).")
+    character_scale: float = Field(
+        1.0, gt=0, le=8, description="Multiplies the characters' drawn radius (motion and framing are unchanged).")
 
     @model_validator(mode="after")
     def _check(self) -> "SynthConfig":
@@ -201,6 +206,7 @@ class FilmSpec:
     flashes: list[int]
     transitions: list[dict]  # {"kind", "start_frame", "end_frame"}
     captions: str = "full"  # SynthConfig.captions
+    character_scale: float = 1.0  # SynthConfig.character_scale
 
     @property
     def n_frames(self) -> int:
@@ -208,9 +214,12 @@ class FilmSpec:
 
 
 def plan_film(seed: int, index: int, cfg: SynthConfig) -> FilmSpec:
-    """Draw film `index` of the set (see _plan); cfg.captions does not change the pixels."""
+    """Draw film `index` of the set (see _plan); cfg.captions does not change the pixels. The scales
+    apply after the draw, so every random choice is the same at any scale."""
     spec = _plan(seed, index, cfg)
-    spec.captions = cfg.captions
+    spec.captions, spec.character_scale = cfg.captions, cfg.character_scale
+    for scene in spec.scenes:
+        scene.environment.cell *= cfg.texture_scale
     return spec
 
 
@@ -365,7 +374,8 @@ def draw_shot_frame(spec: FilmSpec, shot: SynthShot, t: float) -> np.ndarray:
     ys = camera[1] + (np.arange(h) + 0.5 - h / 2) / zoom  # (H,)
     img = draw_backdrop(scene.environment, xs, ys, 2.0 * h)
     for char in scene.characters:
-        rgb, mask = draw_sprite(char.shape, char.colour, char.pattern, char_radius(w, h) * zoom)
+        rgb, mask = draw_sprite(char.shape, char.colour, char.pattern,
+                                char_radius(w, h) * spec.character_scale * zoom)
         x, y = np.round(_screen_pos(shot, char.id, t, w, h)).astype(int) - rgb.shape[0] // 2
         x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + rgb.shape[1], w), min(y + rgb.shape[0], h)
         if x0 < x1 and y0 < y1:

@@ -198,3 +198,34 @@ def test_hidden_captions_never_name_the_appearance_but_the_truth_does(tmp_path):
             palettes.add(h["palette"])
         assert any(c in " ".join(s["global_caption"] for s in captions_of(full)["scenes"]) for c in COLOURS)
     assert len(palettes) >= 3                                   # appearance drawn per scene
+
+
+def test_scales_coarsen_the_backdrop_and_grow_the_characters_with_the_same_draws():
+    """texture_scale / character_scale (the demo's 16x16 frames) change the drawing, not the plan."""
+    from dataprep.synthetic import draw_shot_frame
+
+    base = SynthConfig(n_films=1, hard_cases=False, captions="hidden")
+    coarse = base.model_copy(update={"texture_scale": 3.0, "character_scale": 2.5})
+    a, b = plan_film(0, 0, base), plan_film(0, 0, coarse)
+    assert truth_of(a) == truth_of(b)                                   # same shots, scenes, attributes
+    for env_a, env_b in zip((s.environment for s in a.scenes), (s.environment for s in b.scenes)):
+        assert env_b.cell == pytest.approx(3.0 * env_a.cell) and env_b.texture == env_a.texture
+
+    def edges(img):  # share of horizontally adjacent pixel pairs that differ
+        return float((np.abs(np.diff(img.astype(int), axis=1)).sum(-1) > 30).mean())
+
+    shots = [sh for sh in a.shots if sh.framing == "wide"]
+    fine = np.mean([edges(draw_shot_frame(a, sh, 0.5)) for sh in shots])
+    coarser = np.mean([edges(draw_shot_frame(b, sh, 0.5)) for sh in shots])
+    assert coarser < 0.6 * fine, (coarser, fine)                        # fewer texture edges per row
+
+    shot = next(sh for sh in a.shots if sh.characters)
+    no_chars = plan_film(0, 0, base)
+    for scene in no_chars.scenes:
+        scene.characters = []
+    backdrop = draw_shot_frame(no_chars, no_chars.shots[a.shots.index(shot)], 0.5)
+    drawn = lambda spec: int((draw_shot_frame(spec, spec.shots[a.shots.index(shot)], 0.5) != backdrop).any(-1).sum())
+    b_same_backdrop = plan_film(0, 0, base.model_copy(update={"character_scale": 2.5}))
+    assert drawn(b_same_backdrop) > 3 * drawn(a) > 0                     # area ~ radius^2 = 6.25x
+    with pytest.raises(ValidationError):
+        SynthConfig(texture_scale=0)
