@@ -16,6 +16,10 @@ names a colour, shape, pattern, palette or texture: characters are named by ID, 
 and action only. The appearance of every scene (drawn at random per scene) is in the truth JSON's
 `scenes[i].hidden`, so only cross-shot attention can keep it consistent across a scene's shots.
 
+Scales (`texture_scale`, `character_scale`, default 1): the backdrop's texture period and the
+characters' radius are multiplied after the plan is drawn, so the truth and every random choice stay
+the same; for films that are curated down to a few pixels, where the default texture aliases.
+
 Hard cases (`hard_cases=True`, a few films per set): gradual transitions between scenes (fade
 through black or dissolve, 8-15 frames) and flashes (1-2 bright frames inside a shot, not a cut).
 The boundary of a gradual transition spanning frames [a, b) is its midpoint m = a + (b - a) // 2:
