@@ -238,9 +238,9 @@ def evaluate(
                  for row in modes if row != "extend"]
     generated += [("sync_joint", ablation)] if ablation is not None else []
     rows: dict[str, list[dict]] = {r: [] for r in ["real"] + [g for g, _ in generated]}
-    desc: dict[str, list[list[list[np.ndarray]]]] = {r: [[] for _ in range(seeds)] for r in rows}
-    hdesc: dict[str, list[list[list[np.ndarray]]]] = {r: [[] for _ in range(seeds)] for r in rows}   # histograms
-    attrs: dict[str, list[list[list[np.ndarray]]]] = {r: [[] for _ in range(seeds)] for r in rows}
+    # per shot feature: {row: [seed][scene] = one value per scored shot}; the real row fills every seed
+    features = (descriptor, histogram_descriptor, attribute)
+    desc, hdesc, attrs = ({r: [[] for _ in range(seeds)] for r in rows} for _ in features)
     probes: dict[str, list[tuple[float, float]]] = {"async": [], "sync": []}
     extended: list[dict] = []                    # per extended scene: attributes of the segments
     total, done = len(real) * (1 + (len(generated) + extending) * seeds), 0
@@ -263,10 +263,10 @@ def evaluate(
                     metrics["clip_consistency"] = None                         # random-init CLIP: not a metric
                 rows[row].append({"key": scene.key, "seed": seed + k, "shots": len(shots), "scored": len(scored),
                                   "noise_seed": None if row == "real" else spec.seed, "seconds": seconds} | metrics)
-                for s in range(seeds if row == "real" else 1):
-                    desc[row][s if row == "real" else k].append([descriptor(f) for f in scored])
-                    hdesc[row][s if row == "real" else k].append([histogram_descriptor(f) for f in scored])
-                    attrs[row][s if row == "real" else k].append([attribute(f) for f in scored])
+                values = [[feature(f) for f in scored] for feature in features]   # once, also for the real row
+                for slot in (range(seeds) if row == "real" else [k]):
+                    for store, v in zip((desc, hdesc, attrs), values):
+                        store[row][slot].append(v)
                 done += 1
                 if on_progress:
                     on_progress(f"{scene.key} {row} seed {seed + k}", done, total)
