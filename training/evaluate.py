@@ -371,6 +371,17 @@ def evaluate(
             f"loss of the last shot at t={PROBE_T} with the other shots clean / with them pure noise "
             f"({'< ' if want == 'lt' else '>= '}{threshold}; {'the model' if name == 'async' else 'the sync-timestep ablation'})"))
 
+    # The two probes paired (same scenes, seeds and noise): does async training read clean
+    # neighbours more than sync training does? < 1 = yes. Not a criterion; for comparison.
+    probe_gap = None
+    if probes["async"] and len(probes["async"]) == len(probes["sync"]):
+        a, b = np.array(probes["async"]), np.array(probes["sync"])
+
+        def paired(idx, a=a, b=b):
+            return float((a[idx, 0].mean() / a[idx, 1].mean()) / (b[idx, 0].mean() / b[idx, 1].mean()))
+
+        probe_gap = _ci(paired, len(a), seed)
+
     report = {
         "checkpoint": {"path": str(bundle.path), "step": bundle.info.get("step")},
         "ablation": None if ablation is None else {"path": str(ablation.path), "step": ablation.info.get("step")},
@@ -382,6 +393,7 @@ def evaluate(
         "descriptor": f"mean colour of {KEYFRAMES} keyframes (training.consistency.descriptor)",
         "joint_minus_independent_histogram": histogram_gap,
         "probe": {k: [list(p) for p in v] for k, v in probes.items()},
+        "probe_async_over_sync": probe_gap,
         "extend": extend,
         "per_scene": rows,
     }
@@ -450,4 +462,9 @@ def markdown(report: dict) -> str:
     if hg:
         lines += ["", f"With the histogram descriptor, joint - independent is {cell(hg['value'])} "
                   f"[{cell(hg['ci_low'])}, {cell(hg['ci_high'])}] (not a criterion; for comparison)."]
+    pg = report.get("probe_async_over_sync")
+    if pg:
+        lines += ["", f"probe_ratio_async / probe_ratio_sync, paired over the same scenes and noise: "
+                  f"{cell(pg['value'])} [{cell(pg['ci_low'])}, {cell(pg['ci_high'])}] (< 1: the async model "
+                  "gains more from clean neighbours than the sync ablation; not a criterion)."]
     return "\n".join(lines) + "\n"

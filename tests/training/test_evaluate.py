@@ -139,7 +139,12 @@ def test_eval_criteria_and_intervals(curated, tmp_path):
     assert len(set(noise)) == len(noise), noise
     assert [r["noise_seed"] for r in report["per_scene"]["sync_joint"]] == noise   # paired with the joint row
     assert abs(report["rows"]["independent"]["consistency"]["value"]) < 0.1   # unrelated shots: ~0, not below
-    assert "## Criteria" in (tmp_path / "eval" / "eval.md").read_text()
+    # the two probes paired: async's ratio over sync's, from the same scenes and noise
+    gap = report["probe_async_over_sync"]
+    assert gap["value"] == pytest.approx(report["criteria"][3]["value"] / report["criteria"][4]["value"])
+    assert gap["ci_low"] <= gap["value"] <= gap["ci_high"]
+    md = (tmp_path / "eval" / "eval.md").read_text()
+    assert "## Criteria" in md and "probe_ratio_async / probe_ratio_sync" in md
 
 
 @pytest.mark.slow
