@@ -195,6 +195,11 @@ def _ci(stat, n: int, seed: int) -> dict:
     return {"value": stat(np.arange(n)), "ci_low": lo, "ci_high": hi}
 
 
+def probe_ratio(pairs: np.ndarray, idx) -> float:
+    """mean clean-neighbour loss / mean pure-noise-neighbour loss of the probe pairs (n, 2) at rows idx."""
+    return float(pairs[idx, 0].mean() / pairs[idx, 1].mean())
+
+
 def criterion(name: str, value, ci_low, ci_high, threshold: float, passed: bool, note: str) -> dict:
     return {"name": name, "value": value, "ci_low": ci_low, "ci_high": ci_high, "threshold": threshold,
             "passed": bool(passed), "note": note}
@@ -360,11 +365,7 @@ def evaluate(
         if not pairs:
             continue
         arr = np.array(pairs)                                                   # (n, 2): clean, noise
-
-        def pr(idx, arr=arr):
-            return float(arr[idx, 0].mean() / arr[idx, 1].mean())
-
-        c = _ci(pr, len(arr), seed)
+        c = _ci(lambda idx, arr=arr: probe_ratio(arr, idx), len(arr), seed)
         ok = c["value"] < threshold if want == "lt" else c["value"] >= threshold
         criteria.append(criterion(
             f"probe_ratio_{name}", c["value"], c["ci_low"], c["ci_high"], threshold, ok,
@@ -376,11 +377,7 @@ def evaluate(
     probe_gap = None
     if probes["async"] and len(probes["async"]) == len(probes["sync"]):
         a, b = np.array(probes["async"]), np.array(probes["sync"])
-
-        def paired(idx, a=a, b=b):
-            return float((a[idx, 0].mean() / a[idx, 1].mean()) / (b[idx, 0].mean() / b[idx, 1].mean()))
-
-        probe_gap = _ci(paired, len(a), seed)
+        probe_gap = _ci(lambda idx: probe_ratio(a, idx) / probe_ratio(b, idx), len(a), seed)
 
     report = {
         "checkpoint": {"path": str(bundle.path), "step": bundle.info.get("step")},
