@@ -119,7 +119,7 @@ class Scorer:
             "clip_consistency": pairwise_mean(list(emb), lambda a, b: float(np.dot(a, b))),
             "hist_consistency": pairwise_mean(hists, histogram_similarity),
             "text_alignment": self.text_alignment(emb, captions),
-            "frame_diff": float(np.mean([frame_diff(f) for f in shots])),
+            "frame_diff": float(np.mean([frame_diff(f) for f in shots])) if shots else None,   # none scored: n/a
         }
 
 
@@ -395,7 +395,7 @@ def evaluate(
         "per_scene": rows,
     }
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "eval.json").write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")   # strict JSON: other tools read it
     (out / "eval.md").write_text(markdown(report))
     return report
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from dataprep.config import EmbedConfig
 from pipelines.cli import app
-from training.evaluate import ROWS, Scorer, frame_diff, heldout_keys, pairwise_mean
+from training.evaluate import ROWS, Scorer, frame_diff, heldout_keys, mean_metrics, pairwise_mean
 from tests.training.test_generate import make_checkpoint
 
 RNG = np.random.default_rng(0)
@@ -48,6 +48,14 @@ def test_scores_of_identical_and_unrelated_shots(scorer):
     unrelated = scorer([noise_shot(), solid_shot((250, 10, 10)), solid_shot((10, 10, 250))], ["a", "b", "c"])
     assert unrelated["hist_consistency"] < 0.05
     assert unrelated["clip_consistency"] < same["clip_consistency"] - 0.01
+
+
+def test_no_scored_shots_is_not_a_number(scorer):
+    """A 1-shot held-out scene's conditioned row scores no shot: every metric is None (n/a), never NaN,
+    so eval.json stays strict JSON and the row's means skip the scene (a NaN made the whole column NaN)."""
+    metrics = scorer([], [])
+    assert all(v is None for v in metrics.values()), metrics
+    assert mean_metrics([metrics, {"frame_diff": 0.25}])["frame_diff"] == 0.25
 
 
 @pytest.mark.slow
