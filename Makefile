@@ -22,7 +22,7 @@ demo: venv
 	$(VENV)/bin/lct demo --out demo-out
 
 # The evaluation at the scale its criteria are meant for, on the demo's checkpoints: 40 scenes of 14 fresh
-# films (synth seed 11; the demo's films are seed 0, so no scene was trained on) x 3 seeds. ~17 min on 2 cores.
+# films (synth seed 11; the demo's films are seed 0, so no scene was trained on) x 3 seeds. ~15 min on 2 cores.
 FRESH := demo-out/fresh
 eval-fresh: venv
 	@test -f demo-out/run/export/lct.json || { echo "eval-fresh evaluates the demo's checkpoints: run 'make demo' first"; exit 2; }

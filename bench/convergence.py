@@ -17,8 +17,9 @@ checkpoint prints, side by side with fresh real scenes of the same distribution:
                   colour: real ~0.9 (all but the square); noise in the right palette scores low
     hf ratio      high-frequency energy (image minus its 3x3 box blur, mean square) of generated
                   shots / real shots: 1 = as smooth as the data, noise >> 1
-    shot gap      mean-colour distance between a scene's two shots / between different scenes:
-                  cross-shot consistency (0 = the shots agree, 1 = no closer than other scenes)
+    consistency   lct eval's normalised consistency of the shots' mean colours (training/consistency.py):
+                  1 - within-scene / between-scene distance (1 = a scene's shots agree, 0 = no closer
+                  than shots of other scenes; real 1.0: the square's position leaves the mean alone)
 
 and the scene-samples seen (steps x batch) next to the demo's (400 steps x 4 scenes). Timings are
 wall-clock on this machine (noisy when shared; the load average is printed).
@@ -43,6 +44,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from model import LCT, PRESETS, Scene, Shot, collate  # noqa: E402
 from model.sampling import timesteps  # noqa: E402
+from training.consistency import consistency  # noqa: E402
 from training.objective import add_noise, model_timesteps  # noqa: E402
 
 DEMO_SCENE_SAMPLES = 400 * 4          # the demo's training: 400 steps x micro_batch 4 (training/presets.py)
@@ -74,17 +76,6 @@ def hf_energy(z: torch.Tensor) -> float:
     return float(((x - blur) ** 2).mean())
 
 
-def shot_gap(scenes: list[list[torch.Tensor]]) -> float:
-    """Mean within-scene / mean between-scene distance of the shots' mean colours."""
-    means = torch.stack([torch.stack([z.mean(dim=(1, 2, 3)) for z in shots]) for shots in scenes])  # (N, S, 3)
-    within = (means[:, 0] - means[:, 1]).norm(dim=-1).mean()
-    flat = means.flatten(0, 1)
-    d = torch.cdist(flat, flat)
-    owner = torch.arange(len(scenes)).repeat_interleave(SHOTS)
-    between = d[owner[:, None] != owner[None, :]].mean()
-    return float(within / between)
-
-
 @torch.no_grad()
 def sample(model: LCT, text: torch.Tensor, n: int, steps: int = 16) -> list[list[torch.Tensor]]:
     """n scenes generated jointly from their own noise (Euler on the uniform grid, t from 1 to 0)."""
@@ -105,7 +96,8 @@ def sample(model: LCT, text: torch.Tensor, n: int, steps: int = 16) -> list[list
 
 def describe(scenes: list[list[torch.Tensor]]) -> tuple[float, float, float]:
     shots = [z for s in scenes for z in s]
-    return (sum(map(flat_share, shots)) / len(shots), sum(map(hf_energy, shots)) / len(shots), shot_gap(scenes))
+    colours = [[z.mean(dim=(1, 2, 3)).numpy() for z in s] for s in scenes]     # the eval's descriptor: mean colour
+    return sum(map(flat_share, shots)) / len(shots), sum(map(hf_energy, shots)) / len(shots), consistency(colours)
 
 
 def main() -> None:
@@ -126,12 +118,12 @@ def main() -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     text = torch.randn(4, cfg.text_dim, generator=torch.Generator().manual_seed(1))   # one fixed prompt
     data, noise = torch.Generator().manual_seed(2), torch.Generator().manual_seed(3)
-    real_flat, real_hf, real_gap = describe([scene(torch.Generator().manual_seed(20_000 + k)) for k in range(64)])
+    real_flat, real_hf, real_consistency = describe([scene(torch.Generator().manual_seed(20_000 + k)) for k in range(64)])
     print(f"lct-demo ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params), {SIZE}x{SIZE}, "
           f"{SHOTS}-shot scenes, batch {args.batch}, lr {args.lr}; demo budget: {DEMO_SCENE_SAMPLES} scene-samples")
-    print(f"real scenes: flat share {real_flat:.3f}, hf energy {real_hf:.4f}, shot gap {real_gap:.3f}")
+    print(f"real scenes: flat share {real_flat:.3f}, hf energy {real_hf:.4f}, consistency {real_consistency:.3f}")
     print(f"{'step':>6} {'scene-samples':>13} {'x demo':>7} {'loss':>7} {'flat share':>10} "
-          f"{'(x real)':>8} {'hf ratio':>8} {'shot gap':>8} {'train s':>8}")
+          f"{'(x real)':>8} {'hf ratio':>8} {'consistency':>11} {'train s':>8}")
     t0, losses = time.perf_counter(), []
     for step in range(1, checkpoints[-1] + 1):
         latents = [scene(data) for _ in range(args.batch)]
@@ -147,12 +139,12 @@ def main() -> None:
         losses.append(loss.item())
         if step in checkpoints:
             train_s = time.perf_counter() - t0
-            flat, hf, gap = describe(sample(model, text, args.samples))
+            flat, hf, agree = describe(sample(model, text, args.samples))
             t0 = time.perf_counter() - train_s                          # sampling is not training time
             seen = step * args.batch
             recent = sum(losses[-50:]) / len(losses[-50:])
             print(f"{step:>6} {seen:>13} {seen / DEMO_SCENE_SAMPLES:>7.1f} {recent:>7.4f} {flat:>10.3f} "
-                  f"{flat / real_flat:>8.2f} {hf / real_hf:>8.2f} {gap:>8.3f} {train_s:>8.0f}")
+                  f"{flat / real_flat:>8.2f} {hf / real_hf:>8.2f} {agree:>11.3f} {train_s:>8.0f}")
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

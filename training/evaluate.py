@@ -113,13 +113,15 @@ class Scorer:
         return float((text * image_emb).sum(-1).mean())
 
     def __call__(self, shots: list[np.ndarray], captions: list[str]) -> dict:
+        if not shots:                     # nothing scored (the conditioned row of a 1-shot scene): n/a, never NaN
+            return dict.fromkeys(METRICS)
         emb = self.clip([keyframes(f) for f in shots])                      # (S, D) unit vectors
         hists = [colour_histogram(keyframes(f)) for f in shots]
         return {
             "clip_consistency": pairwise_mean(list(emb), lambda a, b: float(np.dot(a, b))),
             "hist_consistency": pairwise_mean(hists, histogram_similarity),
             "text_alignment": self.text_alignment(emb, captions),
-            "frame_diff": float(np.mean([frame_diff(f) for f in shots])) if shots else None,   # none scored: n/a
+            "frame_diff": float(np.mean([frame_diff(f) for f in shots])),
         }
 
 
